@@ -1,0 +1,74 @@
+# The deployed topology as pure data (builtins only): hosts, their private
+# addresses and what runs on each. HAProxy backends, Prometheus targets, broker
+# listeners and firewall rules are all derived from this file, so adding an app
+# host is one entry under `hosts`.
+{
+  domain = "hubbub.example.org";
+  acmeEmail = "ops@example.org";
+
+  # The private network the hosts talk over (internal ports are opened only here).
+  privateInterface = "eth1";
+  privateNetwork = "10.42.0.0/24";
+
+  # Port plan, shared by every host.
+  ports = {
+    public = {
+      visitors = 8081;
+      chat = 8082;
+      broadcast = 8083;
+      buffs = 8084;
+    };
+    admin = {
+      visitors = 9464;
+      chat = 9465;
+      broadcast = 9466;
+      buffs = 9467;
+    };
+    postgres = 5432;
+    redis = 6379;
+    mqtt = 1883;
+    mqtts = 8883;
+    nodeExporter = 9100;
+    postgresExporter = 9187;
+    redisExporter = 9121;
+    haproxyMetrics = 8405;
+    prometheus = 9090;
+    alertmanager = 9093;
+    grafana = 3000;
+    journalRemote = 19532;
+  };
+
+  # `services` names the stack profiles a host carries; `roles` the hubbub roles.
+  hosts = {
+    lb = {
+      privateAddress = "10.42.0.10";
+      services = [ "proxy" ];
+      roles = [ ];
+    };
+    app1 = {
+      privateAddress = "10.42.0.11";
+      services = [ ];
+      roles = [ "visitors" "chat" "broadcast" "buffs" ];
+    };
+    app2 = {
+      privateAddress = "10.42.0.12";
+      services = [ ];
+      roles = [ "visitors" "chat" "broadcast" "buffs" ];
+    };
+    data = {
+      privateAddress = "10.42.0.20";
+      services = [ "database" "cache" "broker" ];
+      roles = [ ];
+    };
+    monitor = {
+      privateAddress = "10.42.0.30";
+      services = [ "monitoring" "logging" ];
+      roles = [ ];
+    };
+    ci = {
+      privateAddress = "10.42.0.40";
+      services = [ "ci" ];
+      roles = [ ];
+    };
+  };
+}
