@@ -1,1 +1,89 @@
-fn main() {}
+//! The `hubbub` command: parses the command line and configuration, then serves,
+//! migrates or prints the configuration.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use hubbub::cli::{Cli, Command};
+use hubbub::configuration::{Environment, Settings};
+use hubbub::startup::Application;
+use hubbub::storage::Database;
+use hubbub::{lifecycle, telemetry};
+
+/// Exit status for an invalid configuration (distinct from runtime failures).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = Environment::from_process();
+    let settings = match Settings::load(cli.config.as_deref(), &env) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("hubbub: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        return match settings.to_redacted_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("hubbub: cannot render the configuration: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(error) = telemetry::init(telemetry::LogOutput::from_process()) {
+        eprintln!("hubbub: cannot set up logging: {error}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hubbub: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings, env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("hubbub: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings, env: Environment) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { roles } => {
+            let app = Application::build(settings, env, &roles)
+                .await
+                .context("starting hubbub")?;
+            app.run_until(lifecycle::shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Migrate { status } => {
+            let db = Database::connect(&settings, &env)
+                .await
+                .context("connecting to the database")?;
+            if status {
+                for (name, applied) in db.migration_status().await? {
+                    println!("{} {name}", if applied { "applied" } else { "pending" });
+                }
+            } else {
+                db.migrate().await?;
+                tracing::info!("migrations applied");
+            }
+            Ok(())
+        }
+        Command::CheckConfig => Ok(()),
+    }
+}

@@ -1,1 +1,21 @@
+//! Database schema migrations for hubbub, applied by `hubbub migrate` (or on start
+//! when `database.migrate_on_start` is true). The same migrations run on PostgreSQL
+//! (production) and SQLite (embedded default).
+
+pub use sea_orm_migration::MigrationStatus;
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_visitors;
+
+/// Number of rows the visit totals are spread over, so concurrent visits by
+/// different visitors rarely contend on one row.
+pub const VISIT_TOTAL_SHARDS: i16 = 16;
+
 pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_visitors::Migration)]
+    }
+}

@@ -1,0 +1,500 @@
+//! Configuration: defaults < TOML file < `HUBBUB_*` environment, validated once at start.
+//!
+//! Every secret has a `*_file` twin; relative file names resolve against
+//! `$CREDENTIALS_DIRECTORY`, where systemd's `LoadCredential=` puts them.
+
+mod secret;
+mod service_url;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use secret::{REDACTED, Secret};
+pub use service_url::ServiceUrl;
+
+/// Environment variables with the `HUBBUB_` prefix that are not configuration keys.
+const NON_KEY_VARIABLES: &[&str] = &["CONFIG", "LOG_FORMAT", "BUILD", "COMMIT"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    #[error("invalid configuration{}: {message}", key.as_deref().map(|k| format!(" key `{k}`")).unwrap_or_default())]
+    Invalid {
+        key: Option<String>,
+        message: String,
+    },
+    #[error("cannot read `{key}` from {path}: {source}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    /// The configuration key this error is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => key.as_deref(),
+            Self::SecretFile { key, .. } => Some(key),
+            Self::MissingFile { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// How long a graceful shutdown may take before remaining connections are cut.
+    pub shutdown_timeout_secs: u64,
+    pub http: HttpSettings,
+    pub admin: AdminSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub mqtt: MqttSettings,
+    pub visitors: VisitorsSettings,
+    pub chat: ChatSettings,
+    pub broadcast: BroadcastSettings,
+    pub buffs: BuffsSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout_secs: 10,
+            http: HttpSettings::default(),
+            admin: AdminSettings::default(),
+            database: DatabaseSettings::default(),
+            redis: RedisSettings::default(),
+            mqtt: MqttSettings::default(),
+            visitors: VisitorsSettings::default(),
+            chat: ChatSettings::default(),
+            broadcast: BroadcastSettings::default(),
+            buffs: BuffsSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// The public listener (behind the reverse proxy in production).
+    pub listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For` and `X-Request-Id` are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
+            body_limit: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// The metrics listener; never exposed publicly.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`; unset means SQLite in the state directory.
+    pub url: Option<ServiceUrl>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub migrate_on_start: bool,
+    pub max_connections: u32,
+    /// How long a request waits for a database connection before answering 503.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            password: None,
+            password_file: None,
+            migrate_on_start: true,
+            max_connections: 16,
+            acquire_timeout_ms: 3000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Unset means an in-process cache (and per-instance rate limits).
+    pub url: Option<ServiceUrl>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://host:1883` or `mqtts://host:8883`; unset means the in-process bus.
+    pub url: Option<ServiceUrl>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// CA certificate for `mqtts://` brokers with a private CA.
+    pub ca_file: Option<PathBuf>,
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisitorsSettings {
+    pub owner_name: String,
+    pub owner_url: Option<String>,
+    /// Key of the HMAC that turns client addresses into visitor identities.
+    pub salt: Option<Secret>,
+    pub salt_file: Option<PathBuf>,
+    /// How long `/api/stats` answers may be served from the cache.
+    pub stats_cache_ms: u64,
+}
+
+impl Default for VisitorsSettings {
+    fn default() -> Self {
+        Self {
+            owner_name: "hubbub".to_owned(),
+            owner_url: None,
+            salt: None,
+            salt_file: None,
+            stats_cache_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatSettings {
+    pub rate_per_minute: u32,
+    pub rate_burst: u32,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        Self {
+            rate_per_minute: 60,
+            rate_burst: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BroadcastSettings {
+    pub keepalive_secs: u64,
+}
+
+impl Default for BroadcastSettings {
+    fn default() -> Self {
+        Self { keepalive_secs: 15 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuffsSettings {
+    /// Admin bearer tokens, one per line.
+    pub admin_token: Option<Secret>,
+    pub admin_token_file: Option<PathBuf>,
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for BuffsSettings {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            admin_token_file: None,
+            cache_ttl_secs: 30,
+        }
+    }
+}
+
+/// Where the process environment says things are; read once, passed explicitly.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub credentials_directory: Option<PathBuf>,
+    pub state_directory: Option<PathBuf>,
+    pub xdg_state_home: Option<PathBuf>,
+}
+
+impl Environment {
+    pub fn from_process() -> Self {
+        let path = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Self {
+            credentials_directory: path("CREDENTIALS_DIRECTORY"),
+            // systemd passes a colon-separated list when several are configured.
+            state_directory: std::env::var("STATE_DIRECTORY")
+                .ok()
+                .and_then(|v| v.split(':').next().map(PathBuf::from))
+                .filter(|p| !p.as_os_str().is_empty()),
+            xdg_state_home: path("XDG_STATE_HOME"),
+        }
+    }
+
+    /// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/hubbub`, else `./.hubbub`.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_directory {
+            dir.clone()
+        } else if let Some(dir) = &self.xdg_state_home {
+            dir.join("hubbub")
+        } else {
+            PathBuf::from(".hubbub")
+        }
+    }
+
+    fn resolve(&self, file: &Path) -> PathBuf {
+        match &self.credentials_directory {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.to_path_buf(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then the TOML file, then `HUBBUB_*` variables; reads every
+    /// `*_file` secret and validates the result.
+    pub fn load(file: Option<&Path>, env: &Environment) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile {
+                    path: path.to_path_buf(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("HUBBUB_")
+                .ignore(NON_KEY_VARIABLES)
+                .split("__"),
+        );
+        Self::from_figment(figment, env)
+    }
+
+    /// Loads from TOML text alone (no file, no environment): for tests and tools.
+    pub fn from_toml(toml_text: &str, env: &Environment) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(toml_text)), env)
+    }
+
+    fn from_figment(figment: Figment, env: &Environment) -> Result<Self, ConfigError> {
+        let mut settings: Settings = figment.extract().map_err(|error| {
+            let key = (!error.path.is_empty()).then(|| error.path.join("."));
+            ConfigError::Invalid {
+                key,
+                message: error.to_string(),
+            }
+        })?;
+        settings.read_secret_files(env)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn read_secret_files(&mut self, env: &Environment) -> Result<(), ConfigError> {
+        read_secret(
+            "database.password",
+            &mut self.database.password,
+            &self.database.password_file,
+            env,
+        )?;
+        read_secret(
+            "redis.password",
+            &mut self.redis.password,
+            &self.redis.password_file,
+            env,
+        )?;
+        read_secret(
+            "mqtt.password",
+            &mut self.mqtt.password,
+            &self.mqtt.password_file,
+            env,
+        )?;
+        read_secret(
+            "visitors.salt",
+            &mut self.visitors.salt,
+            &self.visitors.salt_file,
+            env,
+        )?;
+        read_secret(
+            "buffs.admin_token",
+            &mut self.buffs.admin_token,
+            &self.buffs.admin_token_file,
+            env,
+        )?;
+        if let Some(ca) = &self.mqtt.ca_file {
+            self.mqtt.ca_file = Some(env.resolve(ca));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database.url {
+            match url.scheme() {
+                "postgres" | "postgresql" | "sqlite" => {}
+                other => {
+                    return Err(ConfigError::invalid(
+                        "database.url",
+                        format!("scheme `{other}` is not supported; use postgres:// or sqlite://"),
+                    ));
+                }
+            }
+            if url.has_password() && self.database.password.is_some() {
+                return Err(ConfigError::invalid(
+                    "database.password",
+                    "set the password either in database.url or in database.password(_file), not both",
+                ));
+            }
+        }
+        if let Some(url) = &self.redis.url
+            && !matches!(url.scheme(), "redis" | "rediss")
+        {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                format!("scheme `{}` is not supported; use redis://", url.scheme()),
+            ));
+        }
+        if let Some(url) = &self.mqtt.url {
+            match url.scheme() {
+                "mqtt" | "mqtts" => {}
+                other => {
+                    return Err(ConfigError::invalid(
+                        "mqtt.url",
+                        format!("scheme `{other}` is not supported; use mqtt:// or mqtts://"),
+                    ));
+                }
+            }
+            if url.url().host_str().is_none() {
+                return Err(ConfigError::invalid("mqtt.url", "the URL needs a host"));
+            }
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            return Err(ConfigError::invalid(
+                "mqtt.username",
+                "mqtt.password is set, so a username is needed",
+            ));
+        }
+        if let Some(owner_url) = &self.visitors.owner_url {
+            let ok = url::Url::parse(owner_url)
+                .map(|u| matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(false);
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "visitors.owner_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if self.visitors.owner_name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "visitors.owner_name",
+                "must not be empty",
+            ));
+        }
+        if self.http.body_limit == 0 {
+            return Err(ConfigError::invalid("http.body_limit", "must be above 0"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "database.max_connections",
+                "must be above 0",
+            ));
+        }
+        if self.chat.rate_per_minute == 0 || self.chat.rate_burst == 0 {
+            return Err(ConfigError::invalid(
+                "chat.rate_per_minute",
+                "rate_per_minute and rate_burst must be above 0",
+            ));
+        }
+        if self.broadcast.keepalive_secs == 0 {
+            return Err(ConfigError::invalid(
+                "broadcast.keepalive_secs",
+                "must be above 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, every secret shown as `<redacted>`.
+    pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+
+    /// The database URL in force: the configured one, else SQLite in the state dir.
+    pub fn database_url(&self, env: &Environment) -> String {
+        match &self.database.url {
+            Some(url) => url.url().to_string(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                env.state_dir().join("hubbub.db").display()
+            ),
+        }
+    }
+}
+
+/// Fills `value` from `file` when only the file is given; both at once is an error.
+fn read_secret(
+    key: &str,
+    value: &mut Option<Secret>,
+    file: &Option<PathBuf>,
+    env: &Environment,
+) -> Result<(), ConfigError> {
+    let Some(file) = file else { return Ok(()) };
+    if value.is_some() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("set either `{key}` or `{key}_file`, not both"),
+        ));
+    }
+    let path = env.resolve(file);
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+        key: format!("{key}_file"),
+        path: path.clone(),
+        source,
+    })?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            &format!("{key}_file"),
+            format!("{} is empty", path.display()),
+        ));
+    }
+    *value = Some(Secret::new(text));
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! HTTP plumbing shared by every role.
+
+pub mod assets;
+pub mod body;
+pub mod client_ip;
+pub mod error;
+pub mod health;
+pub mod html;
+pub mod middleware;
+pub mod server;
+
+pub use error::ApiError;
+pub use middleware::{RequestMeta, tagged};
+
+use warp::Filter;
+
+/// The request's metadata, put there by the middleware.
+pub fn request_meta() -> impl Filter<Extract = (RequestMeta,), Error = warp::Rejection> + Clone {
+    warp::ext::get::<RequestMeta>()
+}

@@ -1,0 +1,36 @@
+//! systemd integration (`Type=notify`) and the signals that start a shutdown.
+
+use sd_notify::NotifyState;
+
+/// Tells systemd we are listening (no-op without `NOTIFY_SOCKET`).
+pub fn notify_ready() {
+    if let Err(error) = sd_notify::notify(&[NotifyState::Ready]) {
+        tracing::warn!(%error, "could not notify systemd of readiness");
+    }
+}
+
+pub fn notify_stopping() {
+    if let Err(error) = sd_notify::notify(&[NotifyState::Stopping]) {
+        tracing::warn!(%error, "could not notify systemd of shutdown");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; falling back to Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

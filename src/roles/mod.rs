@@ -1,0 +1,4 @@
+//! The services a `hubbub serve` process can run; each mounts its routes on the
+//! shared public listener.
+
+pub mod visitors;

@@ -1,0 +1,141 @@
+//! The database: PostgreSQL in production, SQLite embedded; migrations.
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection, DbErr};
+
+use crate::configuration::{Environment, Settings};
+use crate::http::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database.password: {0}")]
+    Password(String),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] DbErr),
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[source] DbErr),
+}
+
+#[derive(Clone, Debug)]
+pub struct Database {
+    connection: DatabaseConnection,
+}
+
+impl Database {
+    /// Connects with the configured URL (password from `database.password(_file)`
+    /// when given), creating the SQLite state directory when needed.
+    pub async fn connect(settings: &Settings, env: &Environment) -> Result<Self, StorageError> {
+        let mut url = settings.database_url(env);
+        if settings.database.url.is_none() {
+            let dir = env.state_dir();
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|source| StorageError::StateDir { path: dir, source })?;
+        }
+        if let (Some(configured), Some(password)) =
+            (&settings.database.url, &settings.database.password)
+        {
+            url = configured
+                .with_password(password.expose())
+                .map_err(StorageError::Password)?
+                .to_string();
+        }
+        let mut options = ConnectOptions::new(url);
+        options
+            .max_connections(settings.database.max_connections)
+            .min_connections(0)
+            .connect_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
+            .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
+            .idle_timeout(Duration::from_secs(300))
+            // A connection that died with the server is noticed before it is used.
+            .test_before_acquire(true)
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|opts| {
+                opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+            });
+        let connection = sea_orm::Database::connect(options)
+            .await
+            .map_err(StorageError::Connect)?;
+        Ok(Self { connection })
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.connection
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.connection.get_database_backend()
+    }
+
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        Migrator::up(&self.connection, None)
+            .await
+            .map_err(StorageError::Migrate)
+    }
+
+    /// Every migration with whether it has been applied.
+    pub async fn migration_status(&self) -> Result<Vec<(String, bool)>, StorageError> {
+        let migrations = Migrator::get_migration_with_status(&self.connection)
+            .await
+            .map_err(StorageError::Migrate)?;
+        Ok(migrations
+            .iter()
+            .map(|m| {
+                (
+                    m.name().to_owned(),
+                    m.status() == migration::MigrationStatus::Applied,
+                )
+            })
+            .collect())
+    }
+
+    pub async fn ping(&self) -> bool {
+        self.connection.ping().await.is_ok()
+    }
+}
+
+/// Logs what went wrong and answers 503 (the database is down or overloaded) or
+/// 500, never showing the database's own words to the client.
+pub fn to_api_error(error: DbErr, context: &'static str) -> ApiError {
+    let unavailable = matches!(error, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
+        || is_connection_failure(&error);
+    if unavailable {
+        tracing::warn!(%error, context, "database unavailable");
+        ApiError::unavailable("database")
+    } else {
+        tracing::error!(%error, context, "database error");
+        ApiError::internal()
+    }
+}
+
+fn is_connection_failure(error: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    let runtime = match error {
+        DbErr::Exec(e) | DbErr::Query(e) => e,
+        _ => return false,
+    };
+    match runtime {
+        RuntimeErr::SqlxError(e) => {
+            matches!(
+                e.as_ref(),
+                sea_orm::sqlx::Error::Io(_)
+                    | sea_orm::sqlx::Error::PoolTimedOut
+                    | sea_orm::sqlx::Error::PoolClosed
+                    | sea_orm::sqlx::Error::WorkerCrashed
+            ) || e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
+        }
+        _ => false,
+    }
+}
