@@ -498,3 +498,107 @@ fn read_secret(
     *value = Some(Secret::new(text));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_with(credentials: Option<&Path>) -> Environment {
+        Environment {
+            credentials_directory: credentials.map(Path::to_path_buf),
+            state_directory: Some(PathBuf::from("/var/lib/hubbub")),
+            xdg_state_home: None,
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let settings = Settings::from_toml("", &env_with(None)).expect("defaults");
+        assert_eq!(settings.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.admin.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(settings.http.body_limit, 16384);
+        assert!(settings.database.migrate_on_start);
+        assert!(settings.redis.url.is_none() && settings.mqtt.url.is_none());
+        assert_eq!(
+            settings.database_url(&env_with(None)),
+            "sqlite:///var/lib/hubbub/hubbub.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = Settings::from_toml("[database]\nurll = \"x\"\n", &env_with(None))
+            .expect_err("unknown key");
+        assert_eq!(error.key(), Some("database.urll"), "{error}");
+        let error = Settings::from_toml("colour = 1\n", &env_with(None)).expect_err("unknown key");
+        assert!(error.to_string().contains("colour"), "{error}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let error = Settings::from_toml("[http]\nbody_limit = \"big\"\n", &env_with(None))
+            .expect_err("type");
+        assert_eq!(error.key(), Some("http.body_limit"), "{error}");
+    }
+
+    #[test]
+    fn secret_files_resolve_against_the_credentials_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("redis-password"), "r3dis\n").expect("write");
+        let settings = Settings::from_toml(
+            "[redis]\nurl = \"redis://cache:6379\"\npassword_file = \"redis-password\"\n",
+            &env_with(Some(dir.path())),
+        )
+        .expect("settings");
+        let password = settings.redis.password.as_ref().expect("password read");
+        assert_eq!(password.expose(), "r3dis", "trailing newline trimmed");
+        let toml = settings.to_redacted_toml().expect("toml");
+        assert!(!toml.contains("r3dis") && toml.contains(REDACTED), "{toml}");
+    }
+
+    #[test]
+    fn a_secret_and_its_file_together_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pw"), "x").expect("write");
+        let error = Settings::from_toml(
+            "[mqtt]\nusername = \"u\"\npassword = \"a\"\npassword_file = \"pw\"\n",
+            &env_with(Some(dir.path())),
+        )
+        .expect_err("both");
+        assert_eq!(error.key(), Some("mqtt.password"));
+    }
+
+    #[test]
+    fn empty_secret_files_and_bad_urls_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("empty"), "\n").expect("write");
+        let error = Settings::from_toml(
+            "[visitors]\nsalt_file = \"empty\"\n",
+            &env_with(Some(dir.path())),
+        )
+        .expect_err("empty");
+        assert_eq!(error.key(), Some("visitors.salt_file"));
+        for (toml, key) in [
+            ("[database]\nurl = \"mysql://db/x\"\n", "database.url"),
+            ("[redis]\nurl = \"http://cache\"\n", "redis.url"),
+            ("[mqtt]\nurl = \"tcp://broker\"\n", "mqtt.url"),
+            (
+                "[visitors]\nowner_url = \"javascript:alert(1)\"\n",
+                "visitors.owner_url",
+            ),
+        ] {
+            let error = Settings::from_toml(toml, &env_with(None)).expect_err(toml);
+            assert_eq!(error.key(), Some(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn passwords_in_urls_do_not_leak_from_errors() {
+        let error = Settings::from_toml(
+            "[database]\nurl = \"postgres://u:hunter2@db/x\"\npassword = \"p\"\n",
+            &env_with(None),
+        )
+        .expect_err("both passwords");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+}
