@@ -1,0 +1,336 @@
+//! The `hubbub` binary itself: configuration precedence, redaction, migrate,
+//! systemd notification and graceful shutdown.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::ports::free_port;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hubbub");
+
+/// Runs hubbub with a clean environment plus `vars`, in `dir`.
+fn hubbub(dir: &std::path::Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.current_dir(dir).args(args).env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    for (key, value) in vars {
+        command.env(key, value);
+    }
+    command.output().expect("run hubbub")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn toml_value(config: &str, table: &str, key: &str) -> Option<String> {
+    let parsed: toml::Table = config.parse().expect("check-config prints TOML");
+    let value = match table {
+        "" => parsed.get(key)?,
+        table => parsed.get(table)?.get(key)?,
+    };
+    Some(match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+#[test]
+fn defaults_then_file_then_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let defaults = hubbub(dir.path(), &["check-config"], &[]);
+    assert!(defaults.status.success(), "{}", stderr(&defaults));
+    let text = stdout(&defaults);
+    assert_eq!(
+        toml_value(&text, "http", "listen").as_deref(),
+        Some("127.0.0.1:8080")
+    );
+    assert_eq!(
+        toml_value(&text, "admin", "listen").as_deref(),
+        Some("127.0.0.1:9464")
+    );
+    assert_eq!(
+        toml_value(&text, "http", "body_limit").as_deref(),
+        Some("16384")
+    );
+    assert_eq!(
+        toml_value(&text, "database", "migrate_on_start").as_deref(),
+        Some("true")
+    );
+
+    let config = dir.path().join("hubbub.toml");
+    std::fs::write(
+        &config,
+        "[http]\nlisten = \"127.0.0.1:7000\"\nbody_limit = 1000\n[visitors]\nowner_name = \"File Owner\"\n",
+    )
+    .expect("write config");
+    let config_arg = config.to_str().expect("path");
+    let from_file = hubbub(dir.path(), &["--config", config_arg, "check-config"], &[]);
+    let text = stdout(&from_file);
+    assert_eq!(
+        toml_value(&text, "http", "listen").as_deref(),
+        Some("127.0.0.1:7000")
+    );
+    assert_eq!(
+        toml_value(&text, "visitors", "owner_name").as_deref(),
+        Some("File Owner")
+    );
+
+    let from_env = hubbub(
+        dir.path(),
+        &["check-config"],
+        &[
+            ("HUBBUB_CONFIG", config_arg),
+            ("HUBBUB_HTTP__LISTEN", "127.0.0.1:9000"),
+            ("HUBBUB_DATABASE__MIGRATE_ON_START", "false"),
+            ("HUBBUB_LOG_FORMAT", "json"),
+        ],
+    );
+    assert!(from_env.status.success(), "{}", stderr(&from_env));
+    let text = stdout(&from_env);
+    assert_eq!(
+        toml_value(&text, "http", "listen").as_deref(),
+        Some("127.0.0.1:9000")
+    );
+    assert_eq!(
+        toml_value(&text, "http", "body_limit").as_deref(),
+        Some("1000"),
+        "file value kept"
+    );
+    assert_eq!(
+        toml_value(&text, "visitors", "owner_name").as_deref(),
+        Some("File Owner")
+    );
+    assert_eq!(
+        toml_value(&text, "database", "migrate_on_start").as_deref(),
+        Some("false")
+    );
+}
+
+#[test]
+fn unknown_or_invalid_keys_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[http]\nlisten = \"127.0.0.1:1\"\nlisten_port = 5\n",
+    )
+    .expect("write");
+    let output = hubbub(
+        dir.path(),
+        &["--config", config.to_str().expect("path"), "check-config"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("listen_port"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = hubbub(
+        dir.path(),
+        &["check-config"],
+        &[("HUBBUB_HTTP__BODY_LIMT", "5")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("body_limt"), "{}", stderr(&output));
+
+    let output = hubbub(
+        dir.path(),
+        &["check-config"],
+        &[("HUBBUB_HTTP__LISTEN", "not-an-address")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("http.listen"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = hubbub(
+        dir.path(),
+        &["check-config"],
+        &[("HUBBUB_DATABASE__URL", "mysql://x/y")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("database.url"),
+        "{}",
+        stderr(&output)
+    );
+
+    let missing = hubbub(
+        dir.path(),
+        &["--config", "/nonexistent/hubbub.toml", "check-config"],
+        &[],
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("/nonexistent/hubbub.toml"));
+}
+
+#[test]
+fn secrets_come_from_credential_files_and_are_never_printed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).expect("mkdir");
+    std::fs::write(credentials.join("db-password"), "pg-secret-1\n").expect("write");
+    std::fs::write(credentials.join("admin-tokens"), "token-a\ntoken-b\n").expect("write");
+    let absolute = dir.path().join("salt");
+    std::fs::write(&absolute, "salt-secret-3").expect("write");
+    let config = dir.path().join("hubbub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"postgres://hubbub@db.internal/hubbub\"\npassword_file = \"db-password\"\n\
+             [redis]\nurl = \"redis://:inline-redis-secret@cache:6379\"\n\
+             [buffs]\nadmin_token_file = \"admin-tokens\"\n\
+             [visitors]\nsalt_file = \"{}\"\n",
+            absolute.display()
+        ),
+    )
+    .expect("write config");
+    let output = hubbub(
+        dir.path(),
+        &["--config", config.to_str().expect("path"), "check-config"],
+        &[("CREDENTIALS_DIRECTORY", credentials.to_str().expect("path"))],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    for secret in [
+        "pg-secret-1",
+        "token-a",
+        "token-b",
+        "salt-secret-3",
+        "inline-redis-secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    assert_eq!(
+        toml_value(&text, "database", "password").as_deref(),
+        Some("<redacted>")
+    );
+    assert_eq!(
+        toml_value(&text, "buffs", "admin_token").as_deref(),
+        Some("<redacted>")
+    );
+    assert_eq!(
+        toml_value(&text, "visitors", "salt").as_deref(),
+        Some("<redacted>")
+    );
+    assert!(
+        toml_value(&text, "redis", "url")
+            .expect("redis url")
+            .contains("redacted")
+    );
+
+    // A missing credential names the key and the file, not a value.
+    std::fs::remove_file(credentials.join("db-password")).expect("rm");
+    let output = hubbub(
+        dir.path(),
+        &["--config", config.to_str().expect("path"), "check-config"],
+        &[("CREDENTIALS_DIRECTORY", credentials.to_str().expect("path"))],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains("database.password_file") && err.contains("db-password"),
+        "{err}"
+    );
+}
+
+#[test]
+fn migrate_status_then_apply_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let vars = [("STATE_DIRECTORY", state.to_str().expect("path"))];
+    let before = hubbub(dir.path(), &["migrate", "--status"], &vars);
+    assert!(before.status.success(), "{}", stderr(&before));
+    assert!(
+        stdout(&before).contains("pending m20261122_000001_create_visitors"),
+        "{}",
+        stdout(&before)
+    );
+    let apply = hubbub(dir.path(), &["migrate"], &vars);
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let after = hubbub(dir.path(), &["migrate", "--status"], &vars);
+    assert!(stdout(&after).contains("applied m20261122_000001_create_visitors"));
+    assert!(
+        state.join("hubbub.db").exists(),
+        "SQLite lives in the state directory"
+    );
+}
+
+#[test]
+fn version_names_build_and_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = hubbub(dir.path(), &["--version"], &[]);
+    let text = stdout(&output);
+    assert!(
+        text.starts_with(&format!("hubbub {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(
+        text.contains("build ") && text.contains("commit "),
+        "{text}"
+    );
+}
+
+/// Under systemd: READY=1 once listening, STOPPING=1 on SIGTERM, then a clean exit.
+#[test]
+fn notifies_systemd_and_shuts_down_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let port = free_port();
+    let admin_port = free_port();
+    let child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "visitors"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("STATE_DIRECTORY", dir.path().join("state"))
+        .env("HUBBUB_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUBBUB_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("HUBBUB_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hubbub");
+
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(buf[..n].trim_ascii(), b"READY=1");
+    // Ready means listening.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening when READY=1 is sent");
+
+    let started = Instant::now();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(buf[..n].trim_ascii(), b"STOPPING=1");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let first = logs.lines().next().expect("a log line");
+    let json: serde_json::Value =
+        serde_json::from_str(first).expect("HUBBUB_LOG_FORMAT=json gives JSON lines");
+    assert!(json.get("level").is_some(), "{first}");
+}

@@ -1,0 +1,12 @@
+//! Test support: real throwaway daemons (PostgreSQL, Redis, Mosquitto) on free
+//! loopback ports in temp dirs, stopped on drop, and hubbub itself in-process.
+//! The same helpers work on Debian, in `nix develop` and in the Nix build sandbox.
+#![allow(dead_code)]
+
+pub mod app;
+pub mod mosquitto;
+pub mod ports;
+pub mod postgres;
+mod process;
+pub mod redis;
+pub mod tls;

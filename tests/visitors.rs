@@ -1,0 +1,379 @@
+//! The visitor counter against real SQLite and PostgreSQL (and Redis).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::Value;
+use support::app::{TestApp, metric_value, spawn_app};
+use support::postgres::Postgres;
+use support::redis::Redis;
+
+const SALT: &str = "salt = \"test-salt\"";
+
+fn postgres_toml(url: &str, extra: &str) -> String {
+    format!("[database]\nurl = \"{url}\"\n\n[visitors]\n{SALT}\n{extra}")
+}
+
+async fn stats(app: &TestApp) -> (i64, i64) {
+    let body: Value = app
+        .get("/api/stats")
+        .await
+        .json()
+        .await
+        .expect("stats json");
+    (
+        body["unique_visitors"].as_i64().expect("unique_visitors"),
+        body["total_visits"].as_i64().expect("total_visits"),
+    )
+}
+
+/// The count shown on the page: "You have visited this page N times".
+fn visits_on_page(html: &str) -> i64 {
+    let start = html.find("id=\"visits\">").expect("visits span") + "id=\"visits\">".len();
+    let end = start + html[start..].find('<').expect("end of span");
+    html[start..end].parse().expect("visits number")
+}
+
+async fn visit_as(app: &TestApp, client_ip: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/"))
+        .header("x-forwarded-for", client_ip)
+        .send()
+        .await
+        .expect("visit")
+}
+
+/// 200 concurrent first visits of one client: exactly 200 visits and one new
+/// visitor; a second client at the same time is counted apart.
+async fn concurrent_visits_are_exact(app: &TestApp) {
+    let (unique_before, total_before) = stats(app).await;
+    let requests =
+        (0..200).flat_map(|_| [visit_as(app, "198.51.100.1"), visit_as(app, "198.51.100.2")]);
+    let responses = join_all(requests).await;
+    let mut seen_counts = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        seen_counts.push(visits_on_page(&response.text().await.expect("body")));
+    }
+    // Each client saw each count 1..=200 exactly once: no lost or doubled update.
+    seen_counts.sort_unstable();
+    let expected: Vec<i64> = (1..=200).flat_map(|n| [n, n]).collect();
+    assert_eq!(seen_counts, expected);
+
+    let next = visit_as(app, "198.51.100.1")
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(visits_on_page(&next), 201);
+    let (unique, total) = settled_stats(app, total_before + 401).await;
+    assert_eq!(unique - unique_before, 2);
+    assert_eq!(total - total_before, 401);
+}
+
+/// Stats once the cache has caught up with `expected_total`.
+async fn settled_stats(app: &TestApp, expected_total: i64) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let current = stats(app).await;
+        if current.1 == expected_total || Instant::now() > deadline {
+            return current;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const TRUSTING_LOOPBACK: &str = "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+
+#[tokio::test]
+async fn concurrent_visits_are_exact_on_sqlite() {
+    let app = spawn_app(TRUSTING_LOOPBACK).await.expect("app");
+    concurrent_visits_are_exact(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_visits_are_exact_on_postgres() {
+    let pg = Postgres::start().await.expect("postgres");
+    let url = pg.create_database().await.expect("database");
+    let app = spawn_app(&format!("{TRUSTING_LOOPBACK}{}", postgres_toml(&url, "")))
+        .await
+        .expect("app");
+    concurrent_visits_are_exact(&app).await;
+    // The durable record agrees with what was answered.
+    let db = url.rsplit('/').next().expect("db name").to_owned();
+    let rows = pg
+        .psql(&db, "SELECT count(*), sum(visits) FROM visitors")
+        .await
+        .expect("psql");
+    assert_eq!(rows.trim(), "2|401");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn page_shows_counts_owner_and_build_safely() {
+    let app = spawn_app(
+        "[visitors]\nowner_name = \"<b>Ops & Co</b>\"\nowner_url = \"https://example.org/?a=1&b=2\"\n",
+    )
+    .await
+    .expect("app");
+    let first = app.get("/").await;
+    assert_eq!(first.status(), 200);
+    let headers = first.headers().clone();
+    let html = first.text().await.expect("html");
+    assert!(
+        html.contains(
+            "You have visited this page <span class=\"count\" id=\"visits\">1</span> time."
+        )
+    );
+    assert!(html.contains("&lt;b&gt;Ops &amp; Co&lt;/b&gt;"), "{html}");
+    assert!(!html.contains("<b>Ops"));
+    assert!(html.contains("href=\"https://example.org/?a=1&amp;b=2\""));
+    assert!(html.contains("hubbub 0.1.0 (build "));
+    assert!(
+        html.contains("href=\"/assets/hubbub.css\""),
+        "assets are served locally"
+    );
+    assert!(!html.contains("http://") && !html.contains("//cdn"));
+    let csp = headers["content-security-policy"].to_str().expect("csp");
+    assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self'"));
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(headers.contains_key("referrer-policy"));
+    assert!(!headers.contains_key("access-control-allow-origin"));
+
+    let second = app.get("/").await.text().await.expect("html");
+    assert!(second.contains("id=\"visits\">2</span> times."));
+    assert!(
+        second.contains("id=\"unique-visitors\">1<") && second.contains("id=\"total-visits\">2<")
+    );
+
+    let css = app.get("/assets/hubbub.css").await;
+    assert_eq!(css.status(), 200);
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/css")
+    );
+    assert_eq!(app.get("/assets/nope.css").await.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forged_forwarded_for_from_untrusted_peer_is_ignored() {
+    let app = spawn_app("").await.expect("app");
+    for forged in [
+        "203.0.113.1",
+        "203.0.113.2",
+        "garbage",
+        "203.0.113.3, 10.0.0.1",
+    ] {
+        assert_eq!(visit_as(&app, forged).await.status(), 200);
+    }
+    let (unique, total) = settled_stats(&app, 4).await;
+    assert_eq!(
+        (unique, total),
+        (1, 4),
+        "all four visits are the one real peer"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn stats_record_nothing_and_version_reports_the_build() {
+    let app = spawn_app("").await.expect("app");
+    for _ in 0..3 {
+        assert_eq!(stats(&app).await, (0, 0));
+    }
+    let version: Value = app.get("/version").await.json().await.expect("json");
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    assert!(version["build"].is_string() && version["commit"].is_string());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn database_outage_is_503_and_recovers_by_itself() {
+    let mut pg = Postgres::start().await.expect("postgres");
+    let url = pg.create_database().await.expect("database");
+    let app = spawn_app(&format!(
+        "[database]\nurl = \"{url}\"\nacquire_timeout_ms = 1000\n\n[visitors]\n{SALT}\nstats_cache_ms = 0\n"
+    ))
+    .await
+    .expect("app");
+    assert_eq!(app.get("/").await.status(), 200);
+
+    pg.stop().await.expect("stop postgres");
+    let page = app.get("/").await;
+    assert_eq!(page.status(), 503);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/html")
+    );
+    let html = page.text().await.expect("body");
+    assert!(
+        !html.to_lowercase().contains("postgres") && !html.contains("sqlx"),
+        "{html}"
+    );
+    let stats_response = app.get("/api/stats").await;
+    assert_eq!(stats_response.status(), 503);
+    let body: Value = stats_response.json().await.expect("json");
+    assert_eq!(body["error"], "dependency_unavailable");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("database")
+    );
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.expect("json");
+    assert_eq!(ready["checks"]["database"], "down");
+    assert_eq!(app.get("/healthz").await.status(), 200);
+
+    pg.start_again().await.expect("restart postgres");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = app.get("/").await.status();
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not recover: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The visit before the outage survived; the failed ones were not counted.
+    let (unique, total) = stats(&app).await;
+    assert_eq!((unique, total), (1, 2));
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_caches_stats_and_its_outage_only_degrades() {
+    let pg = Postgres::start().await.expect("postgres");
+    let url = pg.create_database().await.expect("database");
+    let mut redis = Redis::start(Some("redis-pass")).await.expect("redis");
+    let redis_url = redis.url_without_password();
+    let app = spawn_app(&format!(
+        "[database]\nurl = \"{url}\"\n\n[redis]\nurl = \"{redis_url}\"\npassword = \"redis-pass\"\n\n[visitors]\n{SALT}\nstats_cache_ms = 60000\n"
+    ))
+    .await
+    .expect("app");
+    let ready: Value = app.get("/readyz").await.json().await.expect("json");
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["checks"]["redis"], "up");
+
+    assert_eq!(app.get("/").await.status(), 200);
+    assert_eq!(stats(&app).await, (1, 1));
+    assert_eq!(app.get("/").await.status(), 200);
+    // Cached for a minute: the second visit is not in the cached answer yet.
+    assert_eq!(stats(&app).await, (1, 1));
+    let metrics = app.metrics().await;
+    assert_eq!(metric_value(&metrics, "hubbub_stats_cache_hits_total"), 1.0);
+    assert_eq!(
+        metric_value(&metrics, "hubbub_stats_cache_misses_total"),
+        1.0
+    );
+
+    redis.stop().await.expect("stop redis");
+    assert_eq!(app.get("/").await.status(), 200);
+    // With Redis gone the answer comes from the database, so it is exact.
+    assert_eq!(stats(&app).await, (1, 3));
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.expect("json");
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["checks"]["redis"], "down");
+    assert_eq!(ready["checks"]["database"], "up");
+
+    redis.start_again().await.expect("restart redis");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: Value = app.get("/readyz").await.json().await.expect("json");
+        if ready["status"] == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "redis not used again: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stats(&app).await;
+    let hits_before = metric_value(&app.metrics().await, "hubbub_stats_cache_hits_total");
+    stats(&app).await;
+    assert_eq!(
+        metric_value(&app.metrics().await, "hubbub_stats_cache_hits_total"),
+        hits_before + 1.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_on_the_admin_listener_only_with_route_templates() {
+    let app = spawn_app("").await.expect("app");
+    app.get("/").await;
+    app.get("/assets/hubbub.css").await;
+    app.get("/no/such/path/12345").await;
+    assert_eq!(app.get("/metrics").await.status(), 404);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(
+        "hubbub_http_requests_total{method=\"GET\",role=\"visitors\",route=\"/\",status=\"200\"} 1"
+    ), "{metrics}");
+    assert!(metrics.contains("route=\"/assets/{name}\""));
+    assert!(!metrics.contains("hubbub.css") && !metrics.contains("12345"));
+    assert!(metrics.contains("hubbub_http_request_duration_seconds_bucket"));
+    assert!(metrics.contains("process_resident_memory_bytes"));
+    assert_eq!(metric_value(&metrics, "hubbub_visits_total"), 1.0);
+    assert_eq!(metric_value(&metrics, "hubbub_new_visitors_total"), 1.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_believed_only_from_trusted_proxies() {
+    let untrusted = spawn_app("").await.expect("app");
+    let response = untrusted
+        .client
+        .get(untrusted.url("/healthz"))
+        .header("x-request-id", "from-the-client")
+        .send()
+        .await
+        .expect("request");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    assert_ne!(id, "from-the-client");
+    assert_eq!(id.len(), 36, "a generated UUID");
+    untrusted.stop().await;
+
+    let trusted = spawn_app(TRUSTING_LOOPBACK).await.expect("app");
+    let response = trusted
+        .client
+        .get(trusted.url("/healthz"))
+        .header("x-request-id", "from-the-proxy")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.headers()["x-request-id"], "from-the-proxy");
+    trusted.stop().await;
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let app = spawn_app("").await.expect("app");
+    let missing = app.get("/nope").await;
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.expect("json");
+    assert_eq!(body["error"], "not_found");
+    let wrong_method = app
+        .client
+        .delete(app.url("/api/stats"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(wrong_method.status(), 405);
+    let body: Value = wrong_method.json().await.expect("json");
+    assert_eq!(body["error"], "method_not_allowed");
+    app.stop().await;
+}
