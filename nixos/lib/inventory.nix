@@ -42,33 +42,33 @@
   hosts = {
     lb = {
       privateAddress = "10.42.0.10";
-      services = [ "proxy" ];
-      roles = [ ];
+      services = ["proxy"];
+      roles = [];
     };
     app1 = {
       privateAddress = "10.42.0.11";
-      services = [ ];
-      roles = [ "visitors" "chat" "broadcast" "buffs" ];
+      services = [];
+      roles = ["visitors" "chat" "broadcast" "buffs"];
     };
     app2 = {
       privateAddress = "10.42.0.12";
-      services = [ ];
-      roles = [ "visitors" "chat" "broadcast" "buffs" ];
+      services = [];
+      roles = ["visitors" "chat" "broadcast" "buffs"];
     };
     data = {
       privateAddress = "10.42.0.20";
-      services = [ "database" "cache" "broker" ];
-      roles = [ ];
+      services = ["database" "cache" "broker"];
+      roles = [];
     };
     monitor = {
       privateAddress = "10.42.0.30";
-      services = [ "monitoring" "logging" ];
-      roles = [ ];
+      services = ["monitoring" "logging"];
+      roles = [];
     };
     ci = {
       privateAddress = "10.42.0.40";
-      services = [ "ci" ];
-      roles = [ ];
+      services = ["ci"];
+      roles = [];
     };
   };
 }
