@@ -2,6 +2,7 @@
 //! broadcast, buffs) in one binary with roles.
 
 pub mod build_info;
+pub mod bus;
 pub mod cache;
 pub mod cli;
 pub mod configuration;

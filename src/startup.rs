@@ -15,6 +15,7 @@ use warp::http::header;
 use warp::reply::{Reply, Response};
 use warp::{Filter, filters::BoxedFilter};
 
+use crate::bus::{Bus, BusError};
 use crate::cache::{Cache, CacheError};
 use crate::configuration::{Environment, Settings};
 use crate::domain::Role;
@@ -24,6 +25,8 @@ use crate::http::middleware::Shared;
 use crate::http::{ApiError, assets, error::recover, server, tagged};
 use crate::lifecycle;
 use crate::metrics::Metrics;
+use crate::roles::broadcast::{self, Broadcast};
+use crate::roles::chat::Chat;
 use crate::roles::visitors::{Visitors, VisitorsError};
 use crate::storage::{Database, StorageError};
 
@@ -33,6 +36,8 @@ pub enum StartupError {
     Storage(#[from] StorageError),
     #[error("cache: {0}")]
     Cache(#[from] CacheError),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("visitors: {0}")]
@@ -55,10 +60,11 @@ pub struct Application {
     admin: (TcpListener, BoxedFilter<(Response,)>),
     shared: Arc<Shared>,
     drain: Duration,
+    shutdown: CancellationToken,
 }
 
 /// Roles this build can serve; `serve` with no roles serves all of them.
-const AVAILABLE_ROLES: &[Role] = &[Role::Visitors];
+const AVAILABLE_ROLES: &[Role] = &[Role::Visitors, Role::Chat, Role::Broadcast];
 
 impl Application {
     pub async fn build(
@@ -81,6 +87,18 @@ impl Application {
             db.migrate().await?;
         }
         let cache = Cache::from_settings(&settings)?;
+        let shutdown = CancellationToken::new();
+        let needs_bus = roles.contains(&Role::Chat) || roles.contains(&Role::Broadcast);
+        let bus = if needs_bus {
+            let subscriptions = if roles.contains(&Role::Broadcast) {
+                broadcast::subscriptions()
+            } else {
+                Vec::new()
+            };
+            Some(Bus::from_settings(&settings, subscriptions, &metrics)?)
+        } else {
+            None
+        };
 
         let mut checks = vec![{
             let db = db.clone();
@@ -89,6 +107,16 @@ impl Application {
                 async move { db.ping().await }.boxed()
             })
         }];
+        if let Some(bus) = bus.as_ref().filter(|b| b.is_shared()) {
+            // Chat keeps working without the broker (the outbox holds messages);
+            // a broadcast instance without it delivers nothing live, so it is not ready.
+            let bus = bus.clone();
+            let required = roles.contains(&Role::Broadcast);
+            checks.push(Check::new("mqtt", required, move || {
+                let connected = bus.is_connected();
+                async move { connected }.boxed()
+            }));
+        }
         if cache.is_shared() {
             let cache = cache.clone();
             checks.push(Check::new("redis", false, move || {
@@ -105,6 +133,25 @@ impl Application {
                         .await?
                         .routes()
                 }
+                Role::Chat => match &bus {
+                    Some(bus) => Chat::new(
+                        &settings,
+                        db.clone(),
+                        &cache,
+                        bus.clone(),
+                        &metrics,
+                        shutdown.clone(),
+                    )?
+                    .routes(),
+                    None => return Err(StartupError::RoleUnavailable(Role::Chat)),
+                },
+                Role::Broadcast => match &bus {
+                    Some(bus) => {
+                        Broadcast::new(&settings, db.clone(), bus, &metrics, shutdown.clone())?
+                            .routes()
+                    }
+                    None => return Err(StartupError::RoleUnavailable(Role::Broadcast)),
+                },
                 other => return Err(StartupError::RoleUnavailable(*other)),
             };
             public = public.or(routes).unify().boxed();
@@ -132,6 +179,7 @@ impl Application {
                 metrics: metrics.http.clone(),
             }),
             drain: Duration::from_secs(settings.shutdown_timeout_secs),
+            shutdown,
         })
     }
 
@@ -145,7 +193,7 @@ impl Application {
 
     /// Serves until `stop` resolves, then drains for up to `shutdown_timeout_secs`.
     pub async fn run_until(self, stop: impl Future<Output = ()>) {
-        let shutdown = CancellationToken::new();
+        let shutdown = self.shutdown;
         let mut servers = JoinSet::new();
         let (listener, app) = self.public;
         servers.spawn(server::serve(

@@ -6,6 +6,7 @@ pub use sea_orm_migration::MigrationStatus;
 pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_visitors;
+mod m20261122_000002_create_chat_messages;
 
 /// Number of rows the visit totals are spread over, so concurrent visits by
 /// different visitors rarely contend on one row.
@@ -16,6 +17,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_visitors::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_visitors::Migration),
+            Box::new(m20261122_000002_create_chat_messages::Migration),
+        ]
     }
 }

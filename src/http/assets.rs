@@ -6,11 +6,23 @@ use warp::{Filter, filters::BoxedFilter};
 
 use super::tagged;
 
-const ASSETS: &[(&str, &str, &str)] = &[(
-    "hubbub.css",
-    "text/css; charset=utf-8",
-    include_str!("../../assets/hubbub.css"),
-)];
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "hubbub.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/hubbub.css"),
+    ),
+    (
+        "chat.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/chat.css"),
+    ),
+    (
+        "chat.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/chat.js"),
+    ),
+];
 
 pub fn routes() -> BoxedFilter<(Response,)> {
     warp::path!("assets" / String)

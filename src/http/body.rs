@@ -92,7 +92,18 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 format!("the body is not valid JSON: {inner}"),
             )
         } else if path == "." {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", inner.to_string())
+            // serde names a missing or unknown field only inside its message.
+            let message = inner.to_string();
+            let field = message.split('`').nth(1).filter(|_| {
+                message.starts_with("missing field") || message.starts_with("unknown field")
+            });
+            match field {
+                Some(field) if message.starts_with("missing") => {
+                    ApiError::invalid_field(field, "is required")
+                }
+                Some(field) => ApiError::invalid_field(field, "is not a known field"),
+                None => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message),
+            }
         } else {
             ApiError::invalid_field(&path, &inner.to_string())
         }

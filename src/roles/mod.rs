@@ -1,4 +1,6 @@
 //! The services a `hubbub serve` process can run; each mounts its routes on the
 //! shared public listener.
 
+pub mod broadcast;
+pub mod chat;
 pub mod visitors;

@@ -9,4 +9,5 @@ pub mod ports;
 pub mod postgres;
 mod process;
 pub mod redis;
+pub mod sse;
 pub mod tls;

@@ -1,0 +1,123 @@
+//! The message bus between roles: MQTT (Mosquitto) in production, an in-process
+//! channel in the embedded mode. Publishing returns once the message is safely
+//! handed over (the broker's PUBACK for MQTT); subscribers get every message on
+//! the topics the process subscribed to.
+
+mod in_process;
+mod mqtt;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+pub use in_process::InProcessBus;
+pub use mqtt::MqttBus;
+
+use crate::configuration::Settings;
+use crate::metrics::Metrics;
+
+/// Messages received but not yet taken by a slow local consumer before it lags.
+const RECEIVE_BUFFER: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the broker did not acknowledge within {0:?}")]
+    Timeout(Duration),
+    #[error("the bus is shut down")]
+    Closed,
+    #[error("mqtt: {0}")]
+    Mqtt(String),
+    #[error("mqtt.ca_file: {0}")]
+    Tls(String),
+}
+
+#[derive(Clone)]
+pub enum Bus {
+    InProcess(InProcessBus),
+    Mqtt(MqttBus),
+}
+
+impl Bus {
+    /// MQTT when `mqtt.url` is set, else in process. `subscriptions` are topic
+    /// filters this process receives (re-subscribed after every reconnect).
+    pub fn from_settings(
+        settings: &Settings,
+        subscriptions: Vec<String>,
+        metrics: &Metrics,
+    ) -> Result<Self, BusError> {
+        match &settings.mqtt.url {
+            Some(_) => Ok(Self::Mqtt(MqttBus::connect(
+                &settings.mqtt,
+                subscriptions,
+                metrics,
+            )?)),
+            None => Ok(Self::InProcess(InProcessBus::new(subscriptions))),
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BusError> {
+        match self {
+            Self::InProcess(bus) => {
+                bus.publish(topic, payload);
+                Ok(())
+            }
+            Self::Mqtt(bus) => bus.publish(topic, payload).await,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+        match self {
+            Self::InProcess(bus) => bus.subscribe(),
+            Self::Mqtt(bus) => bus.subscribe(),
+        }
+    }
+
+    /// Whether messages can flow now (always, in process).
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Self::InProcess(_) => true,
+            Self::Mqtt(bus) => bus.is_connected(),
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Mqtt(_))
+    }
+}
+
+/// Whether an MQTT topic filter (`+`, `#`) matches a topic.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches;
+
+    #[test]
+    fn filters() {
+        assert!(topic_matches("hubbub/chat/+", "hubbub/chat/general"));
+        assert!(!topic_matches("hubbub/chat/+", "hubbub/chat/a/b"));
+        assert!(!topic_matches("hubbub/chat/+", "hubbub/buffs"));
+        assert!(topic_matches("hubbub/#", "hubbub/buffs"));
+        assert!(topic_matches("hubbub/buffs", "hubbub/buffs"));
+        assert!(!topic_matches("hubbub/buffs", "hubbub/buffs/x"));
+    }
+}

@@ -1,0 +1,110 @@
+//! Fan-out inside one broadcast instance: one channel per active chat channel,
+//! created when its first client arrives and removed when its last one leaves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::roles::chat::message::ChatMessage;
+
+/// How far a client may fall behind before it is cut off (it then resumes from
+/// history, so nothing is lost; others are never slowed down by it).
+pub const CLIENT_BUFFER: usize = 1024;
+
+#[derive(Clone, Default)]
+pub struct Hub {
+    channels: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<ChatMessage>>>>>,
+}
+
+/// A client's live feed; leaving the channel when dropped.
+pub struct Subscription {
+    pub receiver: broadcast::Receiver<Arc<ChatMessage>>,
+    hub: Hub,
+    channel: String,
+}
+
+impl Hub {
+    pub fn subscribe(&self, channel: &str) -> Subscription {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| broadcast::channel(CLIENT_BUFFER).0);
+        Subscription {
+            receiver: sender.subscribe(),
+            hub: self.clone(),
+            channel: channel.to_owned(),
+        }
+    }
+
+    /// Delivers a message to the clients of its channel, if it has any here.
+    pub fn deliver(&self, message: ChatMessage) {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = channels.get(&message.channel) {
+            let _ = sender.send(Arc::new(message));
+        }
+    }
+
+    /// Cuts every client off (they reconnect and resume from history): used when
+    /// messages may have been dropped before reaching the hub.
+    pub fn disconnect_all(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    #[cfg(test)]
+    pub fn active_channels(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut channels = self.hub.channels.lock().unwrap_or_else(|e| e.into_inner());
+        // Our receiver is still alive here, so "only us" is a count of one.
+        if channels
+            .get(&self.channel)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            channels.remove(&self.channel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: i64, channel: &str) -> ChatMessage {
+        ChatMessage {
+            id,
+            channel: channel.to_owned(),
+            user: "u".into(),
+            text: "t".into(),
+            sent_at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn channels_come_and_go_with_their_clients() {
+        let hub = Hub::default();
+        let mut a = hub.subscribe("a");
+        let b1 = hub.subscribe("b");
+        let b2 = hub.subscribe("b");
+        assert_eq!(hub.active_channels(), 2);
+        hub.deliver(message(1, "a"));
+        hub.deliver(message(2, "c"));
+        assert_eq!(a.receiver.recv().await.expect("message").id, 1);
+        drop(b1);
+        assert_eq!(hub.active_channels(), 2, "b still has a client");
+        drop(b2);
+        assert_eq!(hub.active_channels(), 1);
+        drop(a);
+        assert_eq!(hub.active_channels(), 0);
+    }
+}

@@ -1,0 +1,470 @@
+//! Chat and the SSE broadcast against real PostgreSQL, Mosquitto (password + ACL,
+//! and TLS) and Redis; and the embedded mode.
+
+mod support;
+
+use std::time::Duration;
+
+use hubbub::domain::Role;
+use serde_json::{Value, json};
+use support::app::{TestApp, metric_value, spawn_app, spawn_roles};
+use support::mosquitto::{BrokerUser, Mosquitto};
+use support::postgres::Postgres;
+use support::redis::Redis;
+use support::sse::SseClient;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn broker_users() -> Vec<BrokerUser> {
+    vec![
+        BrokerUser::new("chat", "chat-pw", &["topic write hubbub/chat/+"]),
+        BrokerUser::new("broadcast", "broadcast-pw", &["topic read hubbub/#"]),
+    ]
+}
+
+/// Config for one role process: PostgreSQL, the broker as `user`, extra TOML.
+fn config(db_url: &str, broker: &Mosquitto, user: &str, extra: &str) -> String {
+    let ca = broker
+        .ca_pem_path()
+        .map(|p| format!("ca_file = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    format!(
+        "[database]\nurl = \"{db_url}\"\n\n[mqtt]\nurl = \"{}\"\nusername = \"{user}\"\npassword = \"{user}-pw\"\n{ca}\n[visitors]\nsalt = \"s\"\n{extra}",
+        broker.url()
+    )
+}
+
+struct Stack {
+    _pg: Postgres,
+    broker: Mosquitto,
+    db_url: String,
+    chat: TestApp,
+    broadcast: TestApp,
+}
+
+async fn stack(tls: bool) -> Stack {
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("database");
+    let mut builder = Mosquitto::builder().users(broker_users());
+    if tls {
+        builder = builder.tls();
+    }
+    let broker = builder.start().await.expect("mosquitto");
+    let chat = spawn_roles(&config(&db_url, &broker, "chat", ""), &[Role::Chat])
+        .await
+        .expect("chat");
+    let broadcast = spawn_roles(
+        &config(&db_url, &broker, "broadcast", ""),
+        &[Role::Broadcast],
+    )
+    .await
+    .expect("broadcast");
+    wait_for_mqtt(&broadcast).await;
+    Stack {
+        _pg: pg,
+        broker,
+        db_url,
+        chat,
+        broadcast,
+    }
+}
+
+/// Waits until the app's broker connection is up (its subscriptions follow at once).
+async fn wait_for_mqtt(app: &TestApp) {
+    for _ in 0..100 {
+        if metric_value(&app.metrics().await, "hubbub_mqtt_connected") == 1.0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no MQTT connection");
+}
+
+async fn post(app: &TestApp, channel: &str, user: &str, text: &str) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/chat/{channel}/messages")))
+        .json(&json!({ "user": user, "text": text }))
+        .send()
+        .await
+        .expect("post")
+}
+
+async fn post_ok(app: &TestApp, channel: &str, text: &str) -> i64 {
+    let response = post(app, channel, "alice", text).await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.expect("json");
+    body["id"].as_i64().expect("id")
+}
+
+async fn events(app: &TestApp, channel: &str, last: Option<i64>) -> SseClient {
+    SseClient::connect(&app.url(&format!("/api/chat/{channel}/events")), last)
+        .await
+        .expect("sse")
+}
+
+#[tokio::test]
+async fn post_history_and_live_delivery_through_mosquitto_with_acl() {
+    let s = stack(false).await;
+    let mut general = events(&s.broadcast, "general", None).await;
+    assert_eq!(general.headers["content-type"], "text/event-stream");
+    assert_eq!(general.headers["cache-control"], "no-cache");
+    assert_eq!(general.headers["x-accel-buffering"], "no");
+    let mut other = events(&s.broadcast, "other", None).await;
+
+    let response = post(&s.chat, "general", "  alice ", "hello <b>world</b>").await;
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.expect("json");
+    assert_eq!(stored["channel"], "general");
+    assert_eq!(stored["user"], "alice", "trimmed");
+    assert_eq!(stored["text"], "hello <b>world</b>");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(stored["sent_at"].as_str().expect("sent_at")).is_ok()
+    );
+
+    let live = general.next_message(WAIT).await.expect("live message");
+    assert_eq!(live.data, stored, "SSE carries exactly the stored message");
+    assert_eq!(live.id, stored["id"].as_i64().expect("id"));
+
+    let other_id = post_ok(&s.chat, "other", "elsewhere").await;
+    assert_eq!(other.next_message(WAIT).await.expect("other").id, other_id);
+    assert!(
+        general
+            .next_message(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "channels stay apart"
+    );
+
+    let mut ids = vec![live.id];
+    for i in 0..5 {
+        ids.push(post_ok(&s.chat, "general", &format!("m{i}")).await);
+    }
+    let history: Vec<Value> = s
+        .chat
+        .get("/api/chat/general/messages")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let history_ids: Vec<i64> = history
+        .iter()
+        .map(|m| m["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(history_ids, ids, "ascending, only this channel");
+    let page: Vec<Value> = s
+        .chat
+        .get(&format!(
+            "/api/chat/general/messages?before={}&limit=2",
+            ids[4]
+        ))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let page_ids: Vec<i64> = page.iter().map(|m| m["id"].as_i64().expect("id")).collect();
+    assert_eq!(page_ids, vec![ids[2], ids[3]]);
+    assert_eq!(general.ids(5, WAIT).await, ids[1..].to_vec());
+
+    let metrics = s.chat.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "hubbub_chat_messages_posted_total"),
+        7.0
+    );
+    assert_eq!(
+        metric_value(&s.broadcast.metrics().await, "hubbub_sse_clients"),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn resume_with_last_event_id_gets_exactly_the_missed_messages() {
+    let s = stack(false).await;
+    let mut client = events(&s.broadcast, "room", None).await;
+    let first = post_ok(&s.chat, "room", "first").await;
+    assert_eq!(client.next_message(WAIT).await.expect("first").id, first);
+    drop(client);
+
+    let mut missed = Vec::new();
+    for i in 0..4 {
+        missed.push(post_ok(&s.chat, "room", &format!("missed {i}")).await);
+    }
+    let mut resumed = events(&s.broadcast, "room", Some(first)).await;
+    assert_eq!(resumed.ids(4, WAIT).await, missed);
+    let later = post_ok(&s.chat, "room", "live again").await;
+    assert_eq!(resumed.ids(1, WAIT).await, vec![later]);
+    assert!(
+        resumed
+            .next_message(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no duplicates"
+    );
+
+    // The query form, for clients that cannot set headers.
+    let url = s.broadcast.url(&format!(
+        "/api/chat/room/events?last_event_id={}",
+        missed[1]
+    ));
+    let mut by_query = SseClient::connect(&url, None).await.expect("sse");
+    assert_eq!(
+        by_query.ids(3, WAIT).await,
+        vec![missed[2], missed[3], later]
+    );
+
+    let bad = s
+        .broadcast
+        .client
+        .get(s.broadcast.url("/api/chat/room/events"))
+        .header("last-event-id", "abc")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn two_broadcast_instances_deliver_everything() {
+    let s = stack(false).await;
+    let second = spawn_roles(
+        &config(&s.db_url, &s.broker, "broadcast", ""),
+        &[Role::Broadcast],
+    )
+    .await
+    .expect("second broadcast");
+    wait_for_mqtt(&second).await;
+    let mut on_first = events(&s.broadcast, "fanout", None).await;
+    let mut on_second = events(&second, "fanout", None).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(post_ok(&s.chat, "fanout", &format!("n{i}")).await);
+    }
+    assert_eq!(on_first.ids(10, WAIT).await, ids);
+    assert_eq!(on_second.ids(10, WAIT).await, ids);
+}
+
+#[tokio::test]
+async fn broker_outage_loses_nothing() {
+    let mut s = stack(false).await;
+    let mut client = events(&s.broadcast, "outage", None).await;
+    let before = post_ok(&s.chat, "outage", "before").await;
+    assert_eq!(client.ids(1, WAIT).await, vec![before]);
+
+    s.broker.stop().await.expect("stop broker");
+    let mut during = Vec::new();
+    for i in 0..5 {
+        during.push(post_ok(&s.chat, "outage", &format!("during {i}")).await);
+    }
+    let ready: Value = s.chat.get("/readyz").await.json().await.expect("json");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["mqtt"], "down");
+    assert_eq!(
+        s.broadcast.get("/readyz").await.status(),
+        503,
+        "broadcast needs the broker"
+    );
+
+    s.broker.start_again().await.expect("restart broker");
+    assert_eq!(
+        client.ids(5, Duration::from_secs(30)).await,
+        during,
+        "all of them, in order"
+    );
+    let after = post_ok(&s.chat, "outage", "after").await;
+    assert_eq!(client.ids(1, WAIT).await, vec![after]);
+    assert!(
+        client
+            .next_message(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no duplicates"
+    );
+    let metrics = s.chat.metrics().await;
+    assert_eq!(metric_value(&metrics, "hubbub_outbox_backlog"), 0.0);
+    assert_eq!(
+        metric_value(&metrics, "hubbub_chat_messages_published_total"),
+        7.0
+    );
+}
+
+#[tokio::test]
+async fn tls_broker_with_a_private_ca() {
+    let s = stack(true).await;
+    assert!(s.broker.url().starts_with("mqtts://"));
+    let mut client = events(&s.broadcast, "secure", None).await;
+    let id = post_ok(&s.chat, "secure", "over TLS").await;
+    assert_eq!(client.ids(1, WAIT).await, vec![id]);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_the_field_named() {
+    let app = spawn_app("").await.expect("app");
+    let long_channel = "c".repeat(65);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("Upper", json!({"user": "a", "text": "b"}), "channel"),
+        ("a%23b", json!({"user": "a", "text": "b"}), "channel"),
+        ("a+b", json!({"user": "a", "text": "b"}), "channel"),
+        ("-lead", json!({"user": "a", "text": "b"}), "channel"),
+        (&long_channel, json!({"user": "a", "text": "b"}), "channel"),
+        ("ok", json!({"user": "   ", "text": "b"}), "user"),
+        ("ok", json!({"user": "u".repeat(65), "text": "b"}), "user"),
+        ("ok", json!({"user": "a\u{1}b", "text": "b"}), "user"),
+        ("ok", json!({"user": "a", "text": ""}), "text"),
+        ("ok", json!({"user": "a", "text": "x".repeat(2001)}), "text"),
+        ("ok", json!({"user": "a", "text": "bell\u{7}"}), "text"),
+        ("ok", json!({"user": "a"}), "text"),
+        ("ok", json!({"user": 5, "text": "b"}), "user"),
+    ];
+    for (channel, body, field) in cases {
+        let response = app
+            .client
+            .post(app.url(&format!("/api/chat/{channel}/messages")))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 400, "{channel} {body}");
+        let error: Value = response.json().await.expect("json");
+        assert!(
+            error["message"]
+                .as_str()
+                .expect("message")
+                .starts_with(field),
+            "{error}"
+        );
+    }
+    // A slash makes it another path altogether: no such route.
+    assert_eq!(post(&app, "a/b", "a", "b").await.status(), 404);
+    let wrong_type = app
+        .client
+        .post(app.url("/api/chat/ok/messages"))
+        .header("content-type", "text/plain")
+        .body(r#"{"user":"a","text":"b"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(wrong_type.status(), 415);
+    let huge = format!(r#"{{"user":"a","text":"{}"}}"#, "x".repeat(20_000));
+    let too_big = app
+        .client
+        .post(app.url("/api/chat/ok/messages"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(too_big.status(), 413);
+    let malformed = app
+        .client
+        .post(app.url("/api/chat/ok/messages"))
+        .header("content-type", "application/json")
+        .body("{\"user\":")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(
+        malformed.json::<Value>().await.expect("json")["error"],
+        "malformed_json"
+    );
+    for query in ["limit=0", "limit=201", "limit=x", "before=-1", "before=abc"] {
+        let response = app.get(&format!("/api/chat/ok/messages?{query}")).await;
+        assert_eq!(response.status(), 400, "{query}");
+    }
+    // Nothing was stored by any of it.
+    let history: Vec<Value> = app
+        .get("/api/chat/ok/messages")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(history.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_is_shared_by_chat_instances_through_redis() {
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("db");
+    let redis = Redis::start(None).await.expect("redis");
+    let toml = format!(
+        "[database]\nurl = \"{db_url}\"\n[redis]\nurl = \"{}\"\n[chat]\nrate_per_minute = 6\nrate_burst = 3\n",
+        redis.url()
+    );
+    let a = spawn_roles(&toml, &[Role::Chat]).await.expect("a");
+    let b = spawn_roles(&toml, &[Role::Chat]).await.expect("b");
+    assert_eq!(post(&a, "r", "u", "1").await.status(), 201);
+    assert_eq!(post(&b, "r", "u", "2").await.status(), 201);
+    assert_eq!(post(&a, "r", "u", "3").await.status(), 201);
+    let limited = post(&b, "r", "u", "4").await;
+    assert_eq!(limited.status(), 429, "the burst of 3 is shared");
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .expect("header")
+        .parse()
+        .expect("secs");
+    assert!((1..=10).contains(&retry), "{retry}");
+    assert_eq!(
+        limited.json::<Value>().await.expect("json")["error"],
+        "rate_limited"
+    );
+    let history: Vec<Value> = a
+        .get("/api/chat/r/messages")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(history.len(), 3, "the refused message was not stored");
+}
+
+#[tokio::test]
+async fn embedded_mode_delivers_in_process() {
+    let app = spawn_app("").await.expect("app");
+    let mut client = events(&app, "local", None).await;
+    let id = post_ok(&app, "local", "no broker needed").await;
+    let message = client.next_message(WAIT).await.expect("message");
+    assert_eq!(message.id, id);
+    assert_eq!(message.data["text"], "no broker needed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn demo_page_uses_only_same_origin_paths() {
+    let app = spawn_app("").await.expect("app");
+    for path in ["/chat/", "/chat"] {
+        let page = app.get(path).await;
+        assert_eq!(page.status(), 200, "{path}");
+        assert!(
+            page.headers()["content-security-policy"]
+                .to_str()
+                .expect("csp")
+                .contains("script-src 'self'")
+        );
+        let html = page.text().await.expect("html");
+        for attr in ["src=\"", "href=\""] {
+            for (i, _) in html.match_indices(attr) {
+                let url = &html[i + attr.len()..];
+                assert!(
+                    url.starts_with('/') && !url.starts_with("//"),
+                    "{attr}{}",
+                    &url[..20.min(url.len())]
+                );
+            }
+        }
+        assert!(!html.contains("<script>"), "no inline script (CSP)");
+    }
+    let js = app.get("/assets/chat.js").await;
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/javascript")
+    );
+    let js = js.text().await.expect("js");
+    assert!(
+        js.contains("textContent") && !js.contains("innerHTML"),
+        "messages are text, never HTML"
+    );
+    assert!(!js.contains("http://") && !js.contains("https://"));
+    app.stop().await;
+}
