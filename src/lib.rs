@@ -10,6 +10,7 @@ pub mod domain;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod outbox;
 pub mod roles;
 pub mod startup;
 pub mod storage;

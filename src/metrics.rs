@@ -16,6 +16,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
+    outbox_backlog: IntGaugeVec,
 }
 
 #[derive(Clone)]
@@ -56,9 +57,19 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
 
+        let outbox_backlog = IntGaugeVec::new(
+            Opts::new(
+                "hubbub_outbox_backlog",
+                "Stored messages not yet acknowledged by the broker",
+            ),
+            &["outbox"],
+        )?;
+        registry.register(Box::new(outbox_backlog.clone()))?;
+
         Ok(Self {
             registry,
             http: HttpMetrics { requests, duration },
+            outbox_backlog,
         })
     }
 
@@ -72,6 +83,10 @@ impl Metrics {
         let gauge = IntGauge::new(name, help)?;
         self.registry.register(Box::new(gauge.clone()))?;
         Ok(gauge)
+    }
+
+    pub fn outbox_backlog(&self, outbox: &str) -> IntGauge {
+        self.outbox_backlog.with_label_values(&[outbox])
     }
 
     /// The Prometheus text exposition of every registered metric.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection, DbErr, Statement, Value};
 
 use crate::configuration::{Environment, Settings};
 use crate::http::ApiError;
@@ -138,4 +138,14 @@ fn is_connection_failure(error: &DbErr) -> bool {
         }
         _ => false,
     }
+}
+
+/// A statement written with `$n` placeholders, for either backend (SQLite reads
+/// `?n` the same way).
+pub fn statement(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statement {
+    let sql = match backend {
+        DatabaseBackend::Sqlite => sql.replace('$', "?"),
+        _ => sql.to_owned(),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
 }

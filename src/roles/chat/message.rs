@@ -13,6 +13,16 @@ pub struct ChatMessage {
     pub sent_at: DateTime<Utc>,
 }
 
+impl crate::outbox::OutboxRow for ChatMessage {
+    fn id(&self) -> i64 {
+        self.id
+    }
+
+    fn topic(&self) -> String {
+        topic(&self.channel)
+    }
+}
+
 /// The bus topic a channel's messages travel on.
 pub fn topic(channel: &str) -> String {
     format!("hubbub/chat/{channel}")

@@ -2,7 +2,6 @@
 //! and the demo client page.
 
 pub mod message;
-mod outbox;
 mod rate_limit;
 pub mod store;
 
@@ -10,7 +9,6 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 use serde::Deserialize;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use warp::http::{StatusCode, header};
 use warp::reply::{Reply, Response};
@@ -22,8 +20,10 @@ use crate::configuration::Settings;
 use crate::domain::{Channel, MessageText, UserName};
 use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, RelayMetrics};
 use crate::storage::{Database, to_api_error};
 
+use message::ChatMessage;
 use rate_limit::RateLimiter;
 use store::MessageStore;
 
@@ -47,7 +47,7 @@ struct HistoryQuery {
 pub struct Chat {
     store: MessageStore,
     limiter: RateLimiter,
-    relay_wake: Arc<Notify>,
+    outbox: Arc<Outbox<ChatMessage>>,
     posted: IntCounter,
     body_limit: u64,
 }
@@ -62,29 +62,24 @@ impl Chat {
         metrics: &Metrics,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, prometheus::Error> {
-        let store = MessageStore::new(db);
-        let relay_wake = Arc::new(Notify::new());
-        let relay_metrics = outbox::RelayMetrics {
-            published: metrics.counter(
-                "hubbub_chat_messages_published_total",
-                "Chat messages the broker acknowledged",
-            )?,
-            failures: metrics.counter(
-                "hubbub_chat_publish_failures_total",
-                "Chat message publishes that failed (retried later)",
-            )?,
-            backlog: metrics.gauge(
-                "hubbub_outbox_backlog",
-                "Stored chat messages not yet published",
-            )?,
-        };
-        tokio::spawn(outbox::run(
-            store.clone(),
+        let outbox = Outbox::start(
+            db.clone(),
+            &store::OUTBOX,
             bus,
-            relay_wake.clone(),
-            relay_metrics,
+            RelayMetrics {
+                published: metrics.counter(
+                    "hubbub_chat_messages_published_total",
+                    "Chat messages the broker acknowledged",
+                )?,
+                failures: metrics.counter(
+                    "hubbub_chat_publish_failures_total",
+                    "Chat message publishes that failed (retried later)",
+                )?,
+                backlog: metrics.outbox_backlog("chat"),
+            },
             shutdown,
-        ));
+        );
+        let store = MessageStore::new(db);
         Ok(Arc::new(Self {
             store,
             limiter: RateLimiter::new(
@@ -92,7 +87,7 @@ impl Chat {
                 settings.chat.rate_burst,
                 cache,
             ),
-            relay_wake,
+            outbox,
             posted: metrics.counter("hubbub_chat_messages_posted_total", "Chat messages stored")?,
             body_limit: settings.http.body_limit,
         }))
@@ -160,8 +155,7 @@ impl Chat {
         let channel =
             Channel::parse(channel).map_err(|e| ApiError::invalid_field("channel", e.0))?;
         let body = body?;
-        let user =
-            UserName::parse(&body.user).map_err(|e| ApiError::invalid_field("user", e.0))?;
+        let user = UserName::parse(&body.user).map_err(|e| ApiError::invalid_field("user", e.0))?;
         let text =
             MessageText::parse(&body.text).map_err(|e| ApiError::invalid_field("text", e.0))?;
         if let Err(retry_after) = self.limiter.check(meta.client_ip).await {
@@ -178,7 +172,7 @@ impl Chat {
             .await
             .map_err(|e| to_api_error(e, "storing a chat message"))?;
         self.posted.inc();
-        self.relay_wake.notify_one();
+        self.outbox.wake();
         Ok(
             warp::reply::with_status(warp::reply::json(&message), StatusCode::CREATED)
                 .into_response(),

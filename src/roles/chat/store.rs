@@ -7,26 +7,25 @@ use sea_orm::{
 
 use super::message::{ChatMessage, now};
 use crate::domain::{Channel, MessageText, UserName};
-use crate::storage::Database;
+use crate::outbox::OutboxTable;
+use crate::storage::{Database, statement};
 
 /// Serialises inserts per channel on PostgreSQL, so ids commit in order within a
 /// channel and a subscriber never sees id 11 before id 10 (resume relies on it).
 const LOCK_CHANNEL_POSTGRES: &str = "SELECT pg_advisory_xact_lock(hashtext('hubbub-chat:' || $1))";
-/// Only one outbox relay publishes at a time, across every instance.
-const RELAY_LOCK_POSTGRES: &str = "SELECT pg_try_advisory_xact_lock(4242001) AS locked";
 
 #[derive(Clone)]
 pub struct MessageStore {
     db: Database,
 }
 
-fn placeholders(backend: DatabaseBackend, sql: &str) -> String {
-    // Statements are written with `$n`; SQLite takes `?n` just the same.
-    match backend {
-        DatabaseBackend::Sqlite => sql.replace('$', "?"),
-        _ => sql.to_owned(),
-    }
-}
+/// The outbox of chat messages.
+pub static OUTBOX: OutboxTable<ChatMessage> = OutboxTable {
+    table: "chat_messages",
+    columns: COLUMNS,
+    lock_key: 4_242_001,
+    read: row_to_message,
+};
 
 fn row_to_message(row: &QueryResult) -> Result<ChatMessage, DbErr> {
     Ok(ChatMessage {
@@ -46,8 +45,7 @@ impl MessageStore {
     }
 
     fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
-        let backend = self.db.backend();
-        Statement::from_sql_and_values(backend, placeholders(backend, sql), values)
+        statement(self.db.backend(), sql, values)
     }
 
     /// Stores a message; when this returns, it is committed.
@@ -132,66 +130,5 @@ impl MessageStore {
             ))
             .await?;
         rows.iter().map(row_to_message).collect()
-    }
-
-    pub async fn backlog(&self) -> Result<i64, DbErr> {
-        let row = self
-            .db
-            .connection()
-            .query_one_raw(self.statement(
-                "SELECT COUNT(*) AS n FROM chat_messages WHERE published = $1",
-                vec![false.into()],
-            ))
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound("count returned no row".into()))?;
-        row.try_get("", "n")
-    }
-
-    /// Runs `publish` over the oldest unpublished messages in id order, marking each
-    /// published once `publish` succeeds; stops at the first failure. On PostgreSQL
-    /// only one relay (of any instance) does this at a time. Returns how many were
-    /// published, or `None` when another relay holds the lock.
-    pub async fn relay<F, Fut>(&self, batch: u32, mut publish: F) -> Result<Option<usize>, DbErr>
-    where
-        F: FnMut(ChatMessage) -> Fut,
-        Fut: Future<Output = bool>,
-    {
-        let txn = self.db.connection().begin().await?;
-        if self.db.backend() == DatabaseBackend::Postgres {
-            let locked: bool = txn
-                .query_one_raw(self.statement(RELAY_LOCK_POSTGRES, vec![]))
-                .await?
-                .map(|row| row.try_get("", "locked"))
-                .transpose()?
-                .unwrap_or(false);
-            if !locked {
-                txn.rollback().await?;
-                return Ok(None);
-            }
-        }
-        let rows = txn
-            .query_all_raw(self.statement(
-                &format!(
-                    "SELECT {COLUMNS} FROM chat_messages WHERE published = $1 ORDER BY id LIMIT $2"
-                ),
-                vec![false.into(), i64::from(batch).into()],
-            ))
-            .await?;
-        let mut published = 0;
-        for row in &rows {
-            let message = row_to_message(row)?;
-            let id = message.id;
-            if !publish(message).await {
-                break;
-            }
-            txn.execute_raw(self.statement(
-                "UPDATE chat_messages SET published = $1 WHERE id = $2",
-                vec![true.into(), id.into()],
-            ))
-            .await?;
-            published += 1;
-        }
-        txn.commit().await?;
-        Ok(Some(published))
     }
 }
