@@ -26,6 +26,7 @@ use crate::http::{ApiError, assets, error::recover, server, tagged};
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::roles::broadcast::{self, Broadcast};
+use crate::roles::buffs::Buffs;
 use crate::roles::chat::Chat;
 use crate::roles::visitors::{Visitors, VisitorsError};
 use crate::storage::{Database, StorageError};
@@ -48,8 +49,8 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("role `{0}` is not available in this build")]
-    RoleUnavailable(Role),
+    #[error("role `{0}` needs the bus, which was not set up")]
+    NoBus(Role),
 }
 
 pub struct Application {
@@ -63,23 +64,18 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
-/// Roles this build can serve; `serve` with no roles serves all of them.
-const AVAILABLE_ROLES: &[Role] = &[Role::Visitors, Role::Chat, Role::Broadcast];
-
 impl Application {
     pub async fn build(
         settings: Settings,
         env: Environment,
         requested: &[Role],
     ) -> Result<Self, StartupError> {
+        // `serve` with no roles serves all of them.
         let roles: BTreeSet<Role> = if requested.is_empty() {
-            AVAILABLE_ROLES.iter().copied().collect()
+            Role::ALL.into_iter().collect()
         } else {
             requested.iter().copied().collect()
         };
-        if let Some(role) = roles.iter().find(|r| !AVAILABLE_ROLES.contains(r)) {
-            return Err(StartupError::RoleUnavailable(*role));
-        }
 
         let metrics = Metrics::new()?;
         let db = Database::connect(&settings, &env).await?;
@@ -88,7 +84,7 @@ impl Application {
         }
         let cache = Cache::from_settings(&settings)?;
         let shutdown = CancellationToken::new();
-        let needs_bus = roles.contains(&Role::Chat) || roles.contains(&Role::Broadcast);
+        let needs_bus = roles.iter().any(|r| *r != Role::Visitors);
         let bus = if needs_bus {
             let subscriptions = if roles.contains(&Role::Broadcast) {
                 broadcast::subscriptions()
@@ -143,16 +139,27 @@ impl Application {
                         shutdown.clone(),
                     )?
                     .routes(),
-                    None => return Err(StartupError::RoleUnavailable(Role::Chat)),
+                    None => return Err(StartupError::NoBus(Role::Chat)),
                 },
                 Role::Broadcast => match &bus {
                     Some(bus) => {
                         Broadcast::new(&settings, db.clone(), bus, &metrics, shutdown.clone())?
                             .routes()
                     }
-                    None => return Err(StartupError::RoleUnavailable(Role::Broadcast)),
+                    None => return Err(StartupError::NoBus(Role::Broadcast)),
                 },
-                other => return Err(StartupError::RoleUnavailable(*other)),
+                Role::Buffs => match &bus {
+                    Some(bus) => Buffs::new(
+                        &settings,
+                        db.clone(),
+                        cache.clone(),
+                        bus.clone(),
+                        &metrics,
+                        shutdown.clone(),
+                    )?
+                    .routes(),
+                    None => return Err(StartupError::NoBus(Role::Buffs)),
+                },
             };
             public = public.or(routes).unify().boxed();
         }

@@ -2,15 +2,8 @@
 
 use std::fmt;
 
-/// Why an input was refused; the caller names the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid(pub &'static str);
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
+use super::Invalid;
+use super::text::clean_text;
 
 /// A channel name: `^[a-z0-9][a-z0-9_-]{0,63}$`, so it is safe as an MQTT topic
 /// level (no `#`, `+` or `/`).
@@ -29,7 +22,7 @@ impl Channel {
         if valid {
             Ok(Self(text.to_owned()))
         } else {
-            Err(Invalid(
+            Err(Invalid::new(
                 "must be 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
             ))
         }
@@ -46,35 +39,13 @@ impl fmt::Display for Channel {
     }
 }
 
-/// Trims, then checks the length in characters and that no control character other
-/// than newline and tab is present.
-fn parse_text(text: &str, max: usize, allow_newlines: bool) -> Result<String, Invalid> {
-    let trimmed = text.trim();
-    let length = trimmed.chars().count();
-    if length == 0 {
-        return Err(Invalid("must not be empty"));
-    }
-    if length > max {
-        return Err(if max == 64 {
-            Invalid("must be at most 64 characters")
-        } else {
-            Invalid("must be at most 2000 characters")
-        });
-    }
-    let allowed = |c: char| !c.is_control() || (allow_newlines && (c == '\n' || c == '\t'));
-    if !trimmed.chars().all(allowed) {
-        return Err(Invalid("must not contain control characters"));
-    }
-    Ok(trimmed.to_owned())
-}
-
 /// Who wrote a message: 1-64 characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserName(String);
 
 impl UserName {
     pub fn parse(text: &str) -> Result<Self, Invalid> {
-        parse_text(text, 64, false).map(Self)
+        clean_text(text, 64, false).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -88,7 +59,7 @@ pub struct MessageText(String);
 
 impl MessageText {
     pub fn parse(text: &str) -> Result<Self, Invalid> {
-        parse_text(text, 2000, true).map(Self)
+        clean_text(text, 2000, true).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,9 +1,14 @@
 //! Validated input: values that can only be built by parsing.
 
+mod buff;
 mod chat;
+mod invalid;
 mod role;
+mod text;
 mod visitor_id;
 
-pub use chat::{Channel, Invalid, MessageText, UserName};
+pub use buff::{Answers, Question};
+pub use chat::{Channel, MessageText, UserName};
+pub use invalid::Invalid;
 pub use role::Role;
 pub use visitor_id::{VisitorId, VisitorKey};

@@ -41,6 +41,25 @@ where
         })
 }
 
+/// Like [`json`], but never rejects: the error is handed to the handler, so it can
+/// first check what must come first (the path, the token) and report that instead.
+pub fn json_deferred<T>(
+    limit: u64,
+) -> impl Filter<Extract = (Result<T, ApiError>,), Error = std::convert::Infallible> + Clone
+where
+    T: DeserializeOwned + Send,
+{
+    json::<T>(limit)
+        .map(Ok)
+        .or_else(|rejection: Rejection| async move {
+            let error = rejection
+                .find::<ApiError>()
+                .cloned()
+                .unwrap_or_else(|| ApiError::bad_request("the request body could not be read"));
+            Ok::<_, std::convert::Infallible>((Err(error),))
+        })
+}
+
 fn is_json(content_type: &str) -> bool {
     content_type
         .split(';')

@@ -31,8 +31,8 @@ pub trait OutboxRow: Serialize + Send + Sync + 'static {
 /// Where the rows are and how to read one.
 pub struct OutboxTable<T> {
     pub table: &'static str,
-    /// Selected columns, read by `read`.
-    pub columns: &'static str,
+    /// Selected columns (they may differ by backend), read by `read`.
+    pub columns: fn(DatabaseBackend) -> &'static str,
     /// PostgreSQL advisory lock key held by the relay that publishes.
     pub lock_key: i64,
     pub read: fn(&QueryResult) -> Result<T, DbErr>,
@@ -130,7 +130,8 @@ impl<T: OutboxRow> Outbox<T> {
                 backend,
                 &format!(
                     "SELECT {} FROM {} WHERE published = $1 ORDER BY id LIMIT $2",
-                    self.table.columns, self.table.table
+                    (self.table.columns)(backend),
+                    self.table.table
                 ),
                 vec![false.into(), i64::from(BATCH).into()],
             ))

@@ -2,5 +2,6 @@
 //! shared public listener.
 
 pub mod broadcast;
+pub mod buffs;
 pub mod chat;
 pub mod visitors;

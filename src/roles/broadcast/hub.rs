@@ -1,12 +1,18 @@
-//! Fan-out inside one broadcast instance: one channel per active chat channel,
-//! created when its first client arrives and removed when its last one leaves.
+//! Fan-out inside one broadcast instance: one channel per active stream (a chat
+//! channel, or the buffs), created when its first client arrives and removed
+//! when its last one leaves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::roles::chat::message::ChatMessage;
+/// One event of a stream: its id and its JSON, encoded once for every client.
+#[derive(Debug)]
+pub struct Item {
+    pub id: i64,
+    pub json: String,
+}
 
 /// How far a client may fall behind before it is cut off (it then resumes from
 /// history, so nothing is lost; others are never slowed down by it).
@@ -14,34 +20,34 @@ pub const CLIENT_BUFFER: usize = 1024;
 
 #[derive(Clone, Default)]
 pub struct Hub {
-    channels: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<ChatMessage>>>>>,
+    channels: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Item>>>>>,
 }
 
 /// A client's live feed; leaving the channel when dropped.
 pub struct Subscription {
-    pub receiver: broadcast::Receiver<Arc<ChatMessage>>,
+    pub receiver: broadcast::Receiver<Arc<Item>>,
     hub: Hub,
-    channel: String,
+    stream: String,
 }
 
 impl Hub {
-    pub fn subscribe(&self, channel: &str) -> Subscription {
+    pub fn subscribe(&self, stream: &str) -> Subscription {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let sender = channels
-            .entry(channel.to_owned())
+            .entry(stream.to_owned())
             .or_insert_with(|| broadcast::channel(CLIENT_BUFFER).0);
         Subscription {
             receiver: sender.subscribe(),
             hub: self.clone(),
-            channel: channel.to_owned(),
+            stream: stream.to_owned(),
         }
     }
 
-    /// Delivers a message to the clients of its channel, if it has any here.
-    pub fn deliver(&self, message: ChatMessage) {
+    /// Delivers an item to the clients of `stream`, if it has any here.
+    pub fn deliver(&self, stream: &str, item: Item) {
         let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = channels.get(&message.channel) {
-            let _ = sender.send(Arc::new(message));
+        if let Some(sender) = channels.get(stream) {
+            let _ = sender.send(Arc::new(item));
         }
     }
 
@@ -68,10 +74,10 @@ impl Drop for Subscription {
         let mut channels = self.hub.channels.lock().unwrap_or_else(|e| e.into_inner());
         // Our receiver is still alive here, so "only us" is a count of one.
         if channels
-            .get(&self.channel)
+            .get(&self.stream)
             .is_some_and(|sender| sender.receiver_count() <= 1)
         {
-            channels.remove(&self.channel);
+            channels.remove(&self.stream);
         }
     }
 }
@@ -80,13 +86,10 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
 
-    fn message(id: i64, channel: &str) -> ChatMessage {
-        ChatMessage {
+    fn item(id: i64) -> Item {
+        Item {
             id,
-            channel: channel.to_owned(),
-            user: "u".into(),
-            text: "t".into(),
-            sent_at: chrono::Utc::now(),
+            json: "{}".into(),
         }
     }
 
@@ -97,8 +100,8 @@ mod tests {
         let b1 = hub.subscribe("b");
         let b2 = hub.subscribe("b");
         assert_eq!(hub.active_channels(), 2);
-        hub.deliver(message(1, "a"));
-        hub.deliver(message(2, "c"));
+        hub.deliver("a", item(1));
+        hub.deliver("c", item(2));
         assert_eq!(a.receiver.recv().await.expect("message").id, 1);
         drop(b1);
         assert_eq!(hub.active_channels(), 2, "b still has a client");

@@ -1,6 +1,6 @@
-//! Role `broadcast`: Server-Sent Events of new chat messages, with resume from
-//! history (`Last-Event-ID`), so a client can reconnect to any instance and lose
-//! nothing.
+//! Role `broadcast`: Server-Sent Events of new chat messages and new buffs, with
+//! resume from history (`Last-Event-ID`), so a client can reconnect to any
+//! instance and lose nothing.
 
 mod hub;
 
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use prometheus::{IntCounter, IntGauge};
+use sea_orm::DbErr;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -18,28 +19,50 @@ use warp::reply::{Reply, Response};
 use warp::sse::Event;
 use warp::{Filter, filters::BoxedFilter};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusMessage};
 use crate::configuration::Settings;
 use crate::domain::Channel;
 use crate::http::{ApiError, tagged};
 use crate::metrics::Metrics;
-use crate::roles::chat::message::{ALL_CHANNELS, ChatMessage};
+use crate::roles::buffs::buff::TOPIC as BUFFS_TOPIC;
+use crate::roles::buffs::store::BuffStore;
+use crate::roles::chat::message::ALL_CHANNELS;
 use crate::roles::chat::store::MessageStore;
 use crate::storage::{Database, to_api_error};
 
-use hub::{Hub, Subscription};
+use hub::{Hub, Item, Subscription};
 
 const ROLE: &str = "broadcast";
-/// History is replayed in pages of this many messages.
+/// History is replayed in pages of this many events.
 const RESUME_PAGE: u32 = 500;
 /// What EventSource waits before reconnecting.
 const RETRY: Duration = Duration::from_secs(2);
 /// Events queued per client between its task and its connection.
 const CONNECTION_QUEUE: usize = 64;
+const CHAT_PREFIX: &str = "hubbub/chat/";
+const BUFFS_STREAM: &str = "buffs";
 
 /// The topics this role needs from the bus.
 pub fn subscriptions() -> Vec<String> {
-    vec![ALL_CHANNELS.to_owned()]
+    vec![ALL_CHANNELS.to_owned(), BUFFS_TOPIC.to_owned()]
+}
+
+/// Which stream a bus topic feeds: `chat:<channel>` or `buffs`.
+fn stream_of(topic: &str) -> Option<String> {
+    if topic == BUFFS_TOPIC {
+        Some(BUFFS_STREAM.to_owned())
+    } else {
+        topic
+            .strip_prefix(CHAT_PREFIX)
+            .map(|channel| format!("chat:{channel}"))
+    }
+}
+
+/// Where a stream's history comes from when a client resumes.
+#[derive(Clone)]
+enum History {
+    Chat(Channel),
+    Buffs,
 }
 
 struct BroadcastMetrics {
@@ -50,7 +73,8 @@ struct BroadcastMetrics {
 
 pub struct Broadcast {
     hub: Hub,
-    store: MessageStore,
+    messages: MessageStore,
+    buffs: BuffStore,
     keepalive: Duration,
     shutdown: CancellationToken,
     metrics: BroadcastMetrics,
@@ -74,13 +98,13 @@ impl Broadcast {
         tokio::spawn(dispatch(bus.subscribe(), hub.clone(), shutdown.clone()));
         Ok(Arc::new(Self {
             hub,
-            store: MessageStore::new(db),
+            messages: MessageStore::new(db.clone()),
+            buffs: BuffStore::new(db),
             keepalive: Duration::from_secs(settings.broadcast.keepalive_secs),
             shutdown,
             metrics: BroadcastMetrics {
                 clients: metrics.gauge("hubbub_sse_clients", "Connected SSE clients")?,
-                events: metrics
-                    .counter("hubbub_sse_events_sent_total", "SSE message events sent")?,
+                events: metrics.counter("hubbub_sse_events_sent_total", "SSE events sent")?,
                 slow_disconnects: metrics.counter(
                     "hubbub_sse_slow_client_disconnects_total",
                     "SSE clients cut off for falling behind",
@@ -90,10 +114,7 @@ impl Broadcast {
     }
 
     pub fn routes(self: &Arc<Self>) -> BoxedFilter<(Response,)> {
-        let role = self.clone();
-        warp::path!("api" / "chat" / String / "events")
-            .and(warp::get())
-            .and(warp::header::optional::<String>("last-event-id"))
+        let last_event_id = warp::header::optional::<String>("last-event-id")
             .and(
                 warp::query::<EventsQuery>()
                     .or(warp::any().map(|| EventsQuery {
@@ -101,38 +122,62 @@ impl Broadcast {
                     }))
                     .unify(),
             )
-            .map(
-                move |channel: String, header_id: Option<String>, query: EventsQuery| {
-                    let reply = match role.events(&channel, header_id.or(query.last_event_id)) {
-                        Ok(reply) => reply,
-                        Err(error) => error.into_response(),
-                    };
-                    tagged(ROLE, "/api/chat/{channel}/events", reply)
-                },
-            )
-            .boxed()
+            .map(|header: Option<String>, query: EventsQuery| header.or(query.last_event_id));
+        let chat = {
+            let role = self.clone();
+            warp::path!("api" / "chat" / String / "events")
+                .and(warp::get())
+                .and(last_event_id)
+                .map(move |channel: String, last: Option<String>| {
+                    let reply = Channel::parse(&channel)
+                        .map_err(|e| ApiError::invalid_field("channel", &e.0))
+                        .and_then(|channel| {
+                            let stream = format!("chat:{channel}");
+                            role.events(stream, History::Chat(channel), last)
+                        });
+                    tagged(
+                        ROLE,
+                        "/api/chat/{channel}/events",
+                        reply.unwrap_or_else(Reply::into_response),
+                    )
+                })
+        };
+        let buffs = {
+            let role = self.clone();
+            warp::path!("api" / "buffs" / "events")
+                .and(warp::get())
+                .and(last_event_id)
+                .map(move |last: Option<String>| {
+                    let reply = role.events(BUFFS_STREAM.to_owned(), History::Buffs, last);
+                    tagged(
+                        ROLE,
+                        "/api/buffs/events",
+                        reply.unwrap_or_else(Reply::into_response),
+                    )
+                })
+        };
+        chat.or(buffs).unify().boxed()
     }
 
     fn events(
         self: &Arc<Self>,
-        channel: &str,
+        stream: String,
+        history: History,
         last_event_id: Option<String>,
     ) -> Result<Response, ApiError> {
-        let channel =
-            Channel::parse(channel).map_err(|e| ApiError::invalid_field("channel", e.0))?;
         let resume_after =
             match last_event_id.as_deref().map(str::trim) {
                 None | Some("") => None,
                 Some(text) => Some(text.parse::<i64>().ok().filter(|id| *id >= 0).ok_or_else(
-                    || ApiError::invalid_field("Last-Event-ID", "must be a message id"),
+                    || ApiError::invalid_field("Last-Event-ID", "must be an event id"),
                 )?),
             };
-        // Live first, then history: nothing posted in between can fall in a gap.
-        let subscription = self.hub.subscribe(channel.as_str());
+        // Live first, then history: nothing published in between can fall in a gap.
+        let subscription = self.hub.subscribe(&stream);
         let (events, queue) = mpsc::channel::<Event>(CONNECTION_QUEUE);
         tokio::spawn(
             self.clone()
-                .feed(subscription, channel, resume_after, events),
+                .feed(subscription, history, resume_after, events),
         );
         let stream = futures_util::stream::unfold(queue, |mut queue| async move {
             queue
@@ -151,36 +196,55 @@ impl Broadcast {
         Ok(warp::reply::with_header(reply, "x-accel-buffering", "no").into_response())
     }
 
-    /// One client's feed: history after `resume_after`, then live messages not yet
+    async fn history_after(&self, history: &History, after: i64) -> Result<Vec<Item>, DbErr> {
+        let encode = |id: i64, json: Result<String, serde_json::Error>| {
+            json.map(|json| Item { id, json })
+                .map_err(|e| DbErr::Custom(e.to_string()))
+        };
+        match history {
+            History::Chat(channel) => self
+                .messages
+                .after(channel.as_str(), after, RESUME_PAGE)
+                .await?
+                .into_iter()
+                .map(|m| encode(m.id, serde_json::to_string(&m)))
+                .collect(),
+            History::Buffs => self
+                .buffs
+                .after(after, RESUME_PAGE)
+                .await?
+                .into_iter()
+                .map(|b| encode(b.id, serde_json::to_string(&b)))
+                .collect(),
+        }
+    }
+
+    /// One client's feed: history after `resume_after`, then live events not yet
     /// sent. Ends when the client leaves, falls behind, or the process shuts down.
     async fn feed(
         self: Arc<Self>,
         mut subscription: Subscription,
-        channel: Channel,
+        history: History,
         resume_after: Option<i64>,
         events: mpsc::Sender<Event>,
     ) {
         self.metrics.clients.inc();
-        let _connected = scopeguard(&self.metrics.clients);
+        let _connected = ClientGuard(&self.metrics.clients);
         let mut last_sent = resume_after.unwrap_or(0);
-        if let Some(after) = resume_after {
+        if resume_after.is_some() {
             loop {
-                let page = match self
-                    .store
-                    .after(channel.as_str(), last_sent.max(after), RESUME_PAGE)
-                    .await
-                {
+                let page = match self.history_after(&history, last_sent).await {
                     Ok(page) => page,
                     Err(error) => {
-                        // The client reconnects and tries again; say why in the log only.
+                        // The client reconnects and tries again; the log says why.
                         let _ = to_api_error(error, "reading history for a resume");
                         return;
                     }
                 };
                 let full = page.len() == RESUME_PAGE as usize;
-                for message in page {
-                    last_sent = message.id;
-                    if !self.send(&events, &message).await {
+                for item in page {
+                    last_sent = item.id;
+                    if !self.send(&events, &item).await {
                         return;
                     }
                 }
@@ -196,18 +260,18 @@ impl Broadcast {
                 received = subscription.receiver.recv() => received,
             };
             match received {
-                Ok(message) => {
-                    if message.id <= last_sent {
+                Ok(item) => {
+                    if item.id <= last_sent {
                         continue;
                     }
-                    last_sent = message.id;
-                    if !self.send(&events, &message).await {
+                    last_sent = item.id;
+                    if !self.send(&events, &item).await {
                         return;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(skipped)) => {
                     self.metrics.slow_disconnects.inc();
-                    tracing::info!(skipped, channel = %channel, "SSE client fell behind; disconnecting it");
+                    tracing::info!(skipped, "SSE client fell behind; disconnecting it");
                     return;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -215,14 +279,11 @@ impl Broadcast {
         }
     }
 
-    async fn send(&self, events: &mpsc::Sender<Event>, message: &ChatMessage) -> bool {
-        let Ok(event) = Event::default()
-            .id(message.id.to_string())
+    async fn send(&self, events: &mpsc::Sender<Event>, item: &Item) -> bool {
+        let event = Event::default()
+            .id(item.id.to_string())
             .event("message")
-            .json_data(message)
-        else {
-            return true;
-        };
+            .data(item.json.as_str());
         // A client that cannot take events for this long is treated as gone.
         match tokio::time::timeout(Duration::from_secs(30), events.send(event)).await {
             Ok(Ok(())) => {
@@ -235,36 +296,36 @@ impl Broadcast {
 }
 
 /// Decrements the client gauge when the feed ends, however it ends.
-fn scopeguard(gauge: &IntGauge) -> impl Drop + '_ {
-    struct Guard<'a>(&'a IntGauge);
-    impl Drop for Guard<'_> {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
+struct ClientGuard<'a>(&'a IntGauge);
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
-    Guard(gauge)
 }
 
-/// Moves chat messages from the bus into the hub.
-async fn dispatch(
-    mut bus: broadcast::Receiver<crate::bus::BusMessage>,
-    hub: Hub,
-    shutdown: CancellationToken,
-) {
+#[derive(Deserialize)]
+struct WithId {
+    id: i64,
+}
+
+/// Moves events from the bus into the hub, encoded once for all clients.
+async fn dispatch(mut bus: broadcast::Receiver<BusMessage>, hub: Hub, shutdown: CancellationToken) {
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return,
             received = bus.recv() => received,
         };
         match received {
-            Ok(bus_message) => {
-                if !bus_message.topic.starts_with("hubbub/chat/") {
+            Ok(message) => {
+                let Some(stream) = stream_of(&message.topic) else {
                     continue;
-                }
-                match serde_json::from_slice::<ChatMessage>(&bus_message.payload) {
-                    Ok(message) => hub.deliver(message),
+                };
+                let json = String::from_utf8_lossy(&message.payload).into_owned();
+                match serde_json::from_str::<WithId>(&json) {
+                    Ok(WithId { id }) => hub.deliver(&stream, Item { id, json }),
                     Err(error) => {
-                        tracing::warn!(%error, topic = %bus_message.topic, "ignoring a malformed chat message")
+                        tracing::warn!(%error, topic = %message.topic, "ignoring a malformed bus message")
                     }
                 }
             }
@@ -279,5 +340,20 @@ async fn dispatch(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_of;
+
+    #[test]
+    fn topics_map_to_streams() {
+        assert_eq!(
+            stream_of("hubbub/chat/general").as_deref(),
+            Some("chat:general")
+        );
+        assert_eq!(stream_of("hubbub/buffs").as_deref(), Some("buffs"));
+        assert_eq!(stream_of("other/topic"), None);
     }
 }

@@ -1,6 +1,6 @@
 //! A stored chat message, as the API, the bus and SSE carry it.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -9,7 +9,7 @@ pub struct ChatMessage {
     pub channel: String,
     pub user: String,
     pub text: String,
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::timestamp::rfc3339")]
     pub sent_at: DateTime<Utc>,
 }
 
@@ -30,24 +30,3 @@ pub fn topic(channel: &str) -> String {
 
 /// The subscription that receives every channel.
 pub const ALL_CHANNELS: &str = "hubbub/chat/+";
-
-/// Microseconds: what both PostgreSQL and SQLite keep exactly.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
-mod rfc3339 {
-    use chrono::{DateTime, SecondsFormat, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&value.to_rfc3339_opts(SecondsFormat::Micros, true))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let text = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
-    }
-}

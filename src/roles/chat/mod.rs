@@ -102,7 +102,7 @@ impl Chat {
             .and(warp::post())
             .and(with_role.clone())
             .and(request_meta())
-            .and(channel_then_body(self.body_limit))
+            .and(body::json_deferred::<NewMessage>(self.body_limit))
             .then(
                 |channel: String,
                  role: Arc<Self>,
@@ -153,11 +153,12 @@ impl Chat {
         body: Result<NewMessage, ApiError>,
     ) -> Result<Response, ApiError> {
         let channel =
-            Channel::parse(channel).map_err(|e| ApiError::invalid_field("channel", e.0))?;
+            Channel::parse(channel).map_err(|e| ApiError::invalid_field("channel", &e.0))?;
         let body = body?;
-        let user = UserName::parse(&body.user).map_err(|e| ApiError::invalid_field("user", e.0))?;
+        let user =
+            UserName::parse(&body.user).map_err(|e| ApiError::invalid_field("user", &e.0))?;
         let text =
-            MessageText::parse(&body.text).map_err(|e| ApiError::invalid_field("text", e.0))?;
+            MessageText::parse(&body.text).map_err(|e| ApiError::invalid_field("text", &e.0))?;
         if let Err(retry_after) = self.limiter.check(meta.client_ip).await {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -181,7 +182,7 @@ impl Chat {
 
     async fn history(&self, channel: &str, query: &str) -> Result<Response, ApiError> {
         let channel =
-            Channel::parse(channel).map_err(|e| ApiError::invalid_field("channel", e.0))?;
+            Channel::parse(channel).map_err(|e| ApiError::invalid_field("channel", &e.0))?;
         let query: HistoryQuery = serde_urlencoded::from_str(query)
             .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
         let before =
@@ -208,23 +209,6 @@ impl Chat {
             .map_err(|e| to_api_error(e, "reading chat history"))?;
         Ok(warp::reply::json(&messages).into_response())
     }
-}
-
-/// The body, parsed only after the route matched; its error is kept so the
-/// channel is validated first (a bad channel is reported even with a bad body).
-fn channel_then_body(
-    limit: u64,
-) -> impl Filter<Extract = (Result<NewMessage, ApiError>,), Error = std::convert::Infallible> + Clone
-{
-    body::json::<NewMessage>(limit)
-        .map(Ok)
-        .or_else(|rejection: warp::Rejection| async move {
-            let error = rejection
-                .find::<ApiError>()
-                .cloned()
-                .unwrap_or_else(|| ApiError::bad_request("the request body could not be read"));
-            Ok::<_, std::convert::Infallible>((Err(error),))
-        })
 }
 
 const CHAT_PAGE: &str = include_str!("../../../assets/chat.html");

@@ -5,10 +5,11 @@ use sea_orm::{
     ConnectionTrait, DatabaseBackend, DbErr, QueryResult, Statement, TransactionTrait, Value,
 };
 
-use super::message::{ChatMessage, now};
+use super::message::ChatMessage;
 use crate::domain::{Channel, MessageText, UserName};
 use crate::outbox::OutboxTable;
 use crate::storage::{Database, statement};
+use crate::timestamp::now;
 
 /// Serialises inserts per channel on PostgreSQL, so ids commit in order within a
 /// channel and a subscriber never sees id 11 before id 10 (resume relies on it).
@@ -22,7 +23,7 @@ pub struct MessageStore {
 /// The outbox of chat messages.
 pub static OUTBOX: OutboxTable<ChatMessage> = OutboxTable {
     table: "chat_messages",
-    columns: COLUMNS,
+    columns: |_| COLUMNS,
     lock_key: 4_242_001,
     read: row_to_message,
 };

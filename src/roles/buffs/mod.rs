@@ -1,0 +1,300 @@
+//! Role `buffs`: staff create quiz questions (bearer token), viewers list and read
+//! them; new buffs go out on the bus to the broadcast role's SSE stream.
+
+mod auth;
+pub mod buff;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::{Reply, Response};
+use warp::{Filter, filters::BoxedFilter};
+
+use crate::bus::Bus;
+use crate::cache::Cache;
+use crate::configuration::Settings;
+use crate::domain::{Answers, Question};
+use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, RelayMetrics};
+use crate::storage::{Database, to_api_error};
+
+use auth::AdminTokens;
+use buff::Buff;
+use store::BuffStore;
+
+const ROLE: &str = "buffs";
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+/// Bumped on every create: list cache keys include it, so one write invalidates
+/// every cached page on every instance at once.
+const VERSION_KEY: &str = "hubbub:buffs:version";
+const VERSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBuff {
+    question: String,
+    answers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+struct BuffMetrics {
+    created: IntCounter,
+    auth_failures: IntCounter,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+}
+
+pub struct Buffs {
+    store: BuffStore,
+    tokens: AdminTokens,
+    cache: Cache,
+    cache_ttl: Duration,
+    outbox: Arc<Outbox<Buff>>,
+    body_limit: u64,
+    metrics: BuffMetrics,
+}
+
+impl Buffs {
+    pub fn new(
+        settings: &Settings,
+        db: Database,
+        cache: Cache,
+        bus: Bus,
+        metrics: &Metrics,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, prometheus::Error> {
+        let tokens = AdminTokens::from_secret(settings.buffs.admin_token.as_ref());
+        if tokens.is_empty() {
+            tracing::warn!("no buffs.admin_token_file configured: creating buffs is refused");
+        }
+        let outbox = Outbox::start(
+            db.clone(),
+            &store::OUTBOX,
+            bus,
+            RelayMetrics {
+                published: metrics.counter(
+                    "hubbub_buffs_published_total",
+                    "Buffs the broker acknowledged",
+                )?,
+                failures: metrics.counter(
+                    "hubbub_buffs_publish_failures_total",
+                    "Buff publishes that failed (retried later)",
+                )?,
+                backlog: metrics.outbox_backlog("buffs"),
+            },
+            shutdown,
+        );
+        Ok(Arc::new(Self {
+            store: BuffStore::new(db),
+            tokens,
+            cache,
+            cache_ttl: Duration::from_secs(settings.buffs.cache_ttl_secs),
+            outbox,
+            body_limit: settings.http.body_limit,
+            metrics: BuffMetrics {
+                created: metrics.counter("hubbub_buffs_created_total", "Buffs created")?,
+                auth_failures: metrics.counter(
+                    "hubbub_auth_failures_total",
+                    "Requests refused for a missing or wrong admin token",
+                )?,
+                cache_hits: metrics.counter(
+                    "hubbub_buffs_cache_hits_total",
+                    "Buff lists answered from the cache",
+                )?,
+                cache_misses: metrics.counter(
+                    "hubbub_buffs_cache_misses_total",
+                    "Buff lists read from the database",
+                )?,
+            },
+        }))
+    }
+
+    pub fn routes(self: &Arc<Self>) -> BoxedFilter<(Response,)> {
+        let with_role = {
+            let role = self.clone();
+            warp::any().map(move || role.clone())
+        };
+        let body_limit = self.body_limit;
+        // `POST /buff` and `GET /buffs` are the old services' routes, kept for their clients.
+        let create = |path: BoxedFilter<()>, template: &'static str| {
+            path.and(warp::post())
+                .and(with_role.clone())
+                .and(request_meta())
+                .and(warp::header::optional::<String>("authorization"))
+                .and(body::json_deferred::<NewBuff>(body_limit))
+                .then(
+                    move |role: Arc<Self>,
+                          meta: RequestMeta,
+                          authorization: Option<String>,
+                          body| async move {
+                        let reply = match role
+                            .create(&meta, authorization.as_deref(), template, body)
+                            .await
+                        {
+                            Ok(reply) => reply,
+                            Err(reply) => reply,
+                        };
+                        tagged(ROLE, template, reply)
+                    },
+                )
+                .boxed()
+        };
+        let list = |path: BoxedFilter<()>, template: &'static str| {
+            path.and(warp::get())
+                .and(with_role.clone())
+                .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+                .then(move |role: Arc<Self>, query: String| async move {
+                    let reply = match role.list(&query).await {
+                        Ok(reply) => reply,
+                        Err(error) => error.into_response(),
+                    };
+                    tagged(ROLE, template, reply)
+                })
+                .boxed()
+        };
+        let get = warp::path!("api" / "buffs" / String)
+            .and(warp::get())
+            .and(with_role.clone())
+            .then(|id: String, role: Arc<Self>| async move {
+                let reply = match role.get(&id).await {
+                    Ok(reply) => reply,
+                    Err(error) => error.into_response(),
+                };
+                tagged(ROLE, "/api/buffs/{id}", reply)
+            });
+        create(warp::path!("api" / "buffs").boxed(), "/api/buffs")
+            .or(create(warp::path!("buff").boxed(), "/buff"))
+            .unify()
+            .or(list(warp::path!("api" / "buffs").boxed(), "/api/buffs"))
+            .unify()
+            .or(list(warp::path!("buffs").boxed(), "/buffs"))
+            .unify()
+            .or(get)
+            .unify()
+            .boxed()
+    }
+
+    async fn create(
+        &self,
+        meta: &RequestMeta,
+        authorization: Option<&str>,
+        route: &str,
+        body: Result<NewBuff, ApiError>,
+    ) -> Result<Response, Response> {
+        // Authentication first: an unauthenticated caller learns nothing about input rules.
+        if !self.tokens.allows(authorization) {
+            self.metrics.auth_failures.inc();
+            auth::log_failure(meta.client_ip, route);
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin bearer token is required",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hubbub\""),
+            );
+            return Err(response);
+        }
+        let body = body.map_err(Reply::into_response)?;
+        let question = Question::parse(&body.question)
+            .map_err(|e| ApiError::invalid_field("question", &e.0).into_response())?;
+        let answers = Answers::parse(&body.answers)
+            .map_err(|e| ApiError::invalid_field("answers", &e.0).into_response())?;
+        let buff = self
+            .store
+            .create(&question, &answers)
+            .await
+            .map_err(|e| to_api_error(e, "creating a buff").into_response())?;
+        self.metrics.created.inc();
+        // Before answering: every instance's next list read misses the cache.
+        let version = uuid::Uuid::new_v4().to_string();
+        if let Err(error) = self.cache.set(VERSION_KEY, &version, VERSION_TTL).await {
+            tracing::warn!(%error, "could not invalidate the cached buff lists");
+        }
+        self.outbox.wake();
+        Ok(warp::reply::with_status(warp::reply::json(&buff), StatusCode::CREATED).into_response())
+    }
+
+    async fn list(&self, query: &str) -> Result<Response, ApiError> {
+        let query: ListQuery = serde_urlencoded::from_str(query)
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+        let before = match query.before.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(parse_id(text, "before")?),
+        };
+        let limit = match query.limit.as_deref() {
+            None | Some("") => DEFAULT_LIMIT,
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid_field("limit", "must be a number from 1 to 100")
+                })?,
+        };
+        let key = match self.cache.get(VERSION_KEY).await {
+            Ok(version) => Some(format!(
+                "hubbub:buffs:list:{}:{}:{limit}",
+                version.as_deref().unwrap_or("0"),
+                before.unwrap_or(0)
+            )),
+            Err(error) => {
+                tracing::debug!(%error, "buff cache unavailable; reading the database");
+                None
+            }
+        };
+        if let Some(key) = &key
+            && let Ok(Some(json)) = self.cache.get(key).await
+        {
+            self.metrics.cache_hits.inc();
+            return Ok(json_response(json));
+        }
+        self.metrics.cache_misses.inc();
+        let buffs = self
+            .store
+            .list(before, limit)
+            .await
+            .map_err(|e| to_api_error(e, "listing buffs"))?;
+        let json = serde_json::to_string(&buffs).map_err(|_| ApiError::internal())?;
+        if let Some(key) = &key
+            && let Err(error) = self.cache.set(key, &json, self.cache_ttl).await
+        {
+            tracing::debug!(%error, "could not fill the buff cache");
+        }
+        Ok(json_response(json))
+    }
+
+    async fn get(&self, id: &str) -> Result<Response, ApiError> {
+        let id = parse_id(id, "id")?;
+        match self.store.get(id).await {
+            Ok(Some(buff)) => Ok(warp::reply::json(&buff).into_response()),
+            Ok(None) => Err(ApiError::not_found(format!("no buff with id {id}"))),
+            Err(error) => Err(to_api_error(error, "reading a buff")),
+        }
+    }
+}
+
+fn parse_id(text: &str, field: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::invalid_field(field, "must be a positive buff id"))
+}
+
+fn json_response(json: String) -> Response {
+    warp::reply::with_header(json, header::CONTENT_TYPE, "application/json").into_response()
+}

@@ -1,0 +1,366 @@
+//! Buffs against real PostgreSQL, Redis and Mosquitto: auth, validation, the old
+//! routes, cache invalidation across instances, Redis outage, SSE delivery.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hubbub::domain::Role;
+use serde_json::{Value, json};
+use support::app::{TestApp, metric_value, spawn_app, spawn_roles};
+use support::mosquitto::{BrokerUser, Mosquitto};
+use support::ports::free_port;
+use support::postgres::Postgres;
+use support::redis::Redis;
+use support::sse::SseClient;
+
+const TOKENS: &str = "admin_token = \"first-token\\nsecond-token\"";
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn create(app: &TestApp, path: &str, token: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut request = app.client.post(app.url(path)).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("post")
+}
+
+fn quiz(question: &str) -> Value {
+    json!({ "question": question, "answers": ["me", "you"] })
+}
+
+async fn ids(app: &TestApp, path: &str) -> Vec<i64> {
+    let list: Vec<Value> = app.get(path).await.json().await.expect("json");
+    list.iter().map(|b| b["id"].as_i64().expect("id")).collect()
+}
+
+#[tokio::test]
+async fn create_list_get_with_tokens_and_the_old_routes() {
+    let app = spawn_app(&format!("[buffs]\n{TOKENS}\n"))
+        .await
+        .expect("app");
+    let missing = create(&app, "/api/buffs", None, &quiz("who?")).await;
+    assert_eq!(missing.status(), 401);
+    assert_eq!(
+        missing.headers()["www-authenticate"],
+        "Bearer realm=\"hubbub\""
+    );
+    assert_eq!(
+        missing.json::<Value>().await.expect("json")["error"],
+        "unauthorized"
+    );
+    assert_eq!(
+        create(&app, "/api/buffs", Some("wrong"), &quiz("who?"))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        create(&app, "/buff", Some("first-tokenX"), &quiz("who?"))
+            .await
+            .status(),
+        401,
+        "exact token"
+    );
+
+    let created = create(&app, "/api/buffs", Some("first-token"), &quiz("  who?  ")).await;
+    assert_eq!(created.status(), 201);
+    let buff: Value = created.json().await.expect("json");
+    assert_eq!(buff["question"], "who?");
+    assert_eq!(buff["answers"], json!(["me", "you"]));
+    assert!(chrono::DateTime::parse_from_rfc3339(buff["created_at"].as_str().expect("ts")).is_ok());
+    // The rotated-in second token works too, on the old route.
+    let old = create(&app, "/buff", Some("second-token"), &quiz("which?")).await;
+    assert_eq!(old.status(), 201);
+    let old: Value = old.json().await.expect("json");
+
+    let newest_first = vec![
+        old["id"].as_i64().expect("id"),
+        buff["id"].as_i64().expect("id"),
+    ];
+    assert_eq!(ids(&app, "/api/buffs").await, newest_first);
+    assert_eq!(
+        ids(&app, "/buffs").await,
+        newest_first,
+        "old route, same answer"
+    );
+    assert_eq!(
+        ids(&app, "/api/buffs?limit=1").await,
+        newest_first[..1].to_vec()
+    );
+    assert_eq!(
+        ids(&app, &format!("/api/buffs?before={}", newest_first[0])).await,
+        newest_first[1..].to_vec()
+    );
+
+    let one: Value = app
+        .get(&format!("/api/buffs/{}", buff["id"]))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(one, buff);
+    assert_eq!(app.get("/api/buffs/999999").await.status(), 404);
+    assert_eq!(app.get("/api/buffs/abc").await.status(), 400);
+    for query in ["limit=0", "limit=101", "before=x"] {
+        assert_eq!(
+            app.get(&format!("/api/buffs?{query}")).await.status(),
+            400,
+            "{query}"
+        );
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(metric_value(&metrics, "hubbub_auth_failures_total"), 3.0);
+    assert_eq!(metric_value(&metrics, "hubbub_buffs_created_total"), 2.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_buffs_are_refused_naming_the_field_and_only_after_auth() {
+    let app = spawn_app(&format!("[buffs]\n{TOKENS}\n"))
+        .await
+        .expect("app");
+    let token = Some("first-token");
+    let cases = [
+        (json!({"question": "", "answers": ["a", "b"]}), "question"),
+        (
+            json!({"question": "q".repeat(501), "answers": ["a", "b"]}),
+            "question",
+        ),
+        (
+            json!({"question": "q\u{1}", "answers": ["a", "b"]}),
+            "question",
+        ),
+        (json!({"question": "q", "answers": ["a"]}), "answers"),
+        (
+            json!({"question": "q", "answers": ["a","b","c","d","e","f","g","h","i","j","k"]}),
+            "answers",
+        ),
+        (
+            json!({"question": "q", "answers": ["same", "Same "]}),
+            "answers",
+        ),
+        (json!({"question": "q", "answers": ["a", " "]}), "answers"),
+        (
+            json!({"question": "q", "answers": ["a", "x".repeat(201)]}),
+            "answers",
+        ),
+        (json!({"question": "q"}), "answers"),
+        (json!({"question": "q", "answers": "a,b"}), "answers"),
+    ];
+    for (body, field) in cases {
+        let response = create(&app, "/api/buffs", token, &body).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.expect("json");
+        assert!(
+            error["message"].as_str().expect("msg").starts_with(field),
+            "{error}"
+        );
+        // Without a token the same body says nothing but 401.
+        assert_eq!(create(&app, "/api/buffs", None, &body).await.status(), 401);
+    }
+    let wrong_type = app
+        .client
+        .post(app.url("/api/buffs"))
+        .bearer_auth("first-token")
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(wrong_type.status(), 415);
+    let huge = json!({"question": "q".repeat(20_000), "answers": ["a", "b"]});
+    assert_eq!(create(&app, "/api/buffs", token, &huge).await.status(), 413);
+    assert!(
+        ids(&app, "/api/buffs").await.is_empty(),
+        "nothing was stored"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_buff_is_visible_on_every_instance_at_once_and_redis_outage_degrades() {
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("db");
+    let mut redis = Redis::start(Some("rpw")).await.expect("redis");
+    let toml = format!(
+        "[database]\nurl = \"{db_url}\"\n[redis]\nurl = \"{}\"\n[buffs]\n{TOKENS}\ncache_ttl_secs = 300\n",
+        redis.url()
+    );
+    let a = spawn_roles(&toml, &[Role::Buffs]).await.expect("a");
+    let b = spawn_roles(&toml, &[Role::Buffs]).await.expect("b");
+    assert!(ids(&b, "/api/buffs").await.is_empty());
+    assert!(ids(&b, "/api/buffs").await.is_empty());
+    assert_eq!(
+        metric_value(&b.metrics().await, "hubbub_buffs_cache_hits_total"),
+        1.0,
+        "second read cached"
+    );
+
+    let created: Value = create(&a, "/api/buffs", Some("first-token"), &quiz("fresh?"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_i64().expect("id");
+    assert_eq!(
+        ids(&b, "/api/buffs").await,
+        vec![id],
+        "B sees A's buff at once, not after 300 s"
+    );
+
+    redis.stop().await.expect("stop redis");
+    assert_eq!(
+        ids(&b, "/api/buffs").await,
+        vec![id],
+        "served from the database"
+    );
+    let ready: Value = b.get("/readyz").await.json().await.expect("json");
+    assert_eq!(ready["status"], "degraded");
+    let second: Value = create(&a, "/api/buffs", Some("first-token"), &quiz("still?"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        ids(&b, "/api/buffs").await,
+        vec![second["id"].as_i64().expect("id"), id]
+    );
+    redis.start_again().await.expect("restart redis");
+}
+
+#[tokio::test]
+async fn new_buffs_stream_over_sse_and_resume() {
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("db");
+    let broker = Mosquitto::builder()
+        .users(vec![
+            BrokerUser::new("buffs", "buffs-pw", &["topic write hubbub/buffs"]),
+            BrokerUser::new("broadcast", "broadcast-pw", &["topic read hubbub/#"]),
+        ])
+        .start()
+        .await
+        .expect("mosquitto");
+    let role_toml = |user: &str| {
+        format!(
+            "[database]\nurl = \"{db_url}\"\n[mqtt]\nurl = \"{}\"\nusername = \"{user}\"\npassword = \"{user}-pw\"\n[buffs]\n{TOKENS}\n",
+            broker.url()
+        )
+    };
+    let buffs = spawn_roles(&role_toml("buffs"), &[Role::Buffs])
+        .await
+        .expect("buffs");
+    let broadcast = spawn_roles(&role_toml("broadcast"), &[Role::Broadcast])
+        .await
+        .expect("broadcast");
+    for _ in 0..100 {
+        if metric_value(&broadcast.metrics().await, "hubbub_mqtt_connected") == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = broadcast.url("/api/buffs/events");
+    let mut client = SseClient::connect(&url, None).await.expect("sse");
+    let first: Value = create(&buffs, "/api/buffs", Some("first-token"), &quiz("live?"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let event = client.next_message(WAIT).await.expect("event");
+    assert_eq!(event.data, first);
+    drop(client);
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        let buff: Value = create(
+            &buffs,
+            "/api/buffs",
+            Some("first-token"),
+            &quiz(&format!("q{i}")),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        missed.push(buff["id"].as_i64().expect("id"));
+    }
+    let mut resumed = SseClient::connect(&url, Some(event.id)).await.expect("sse");
+    assert_eq!(resumed.ids(3, WAIT).await, missed);
+    assert!(
+        resumed
+            .next_message(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+}
+
+/// The exact line fail2ban's filter matches, from the real binary.
+#[test]
+fn authentication_failures_are_logged_as_one_stable_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubbub"))
+        .args(["serve", "buffs"])
+        .env("STATE_DIRECTORY", dir.path())
+        .env("HUBBUB_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUBBUB_ADMIN__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("HUBBUB_BUFFS__ADMIN_TOKEN", "t0ken")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if client
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (path, token) in [("/api/buffs", None), ("/buff", Some("nope"))] {
+            let mut request = client
+                .post(format!("http://127.0.0.1:{port}{path}"))
+                .json(&quiz("q"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            assert_eq!(request.send().await.expect("post").status(), 401);
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let failures: Vec<String> = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .filter(|line| line.contains("authentication failed"))
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(
+        failures[0].ends_with("authentication failed client_ip=127.0.0.1 route=/api/buffs"),
+        "{}",
+        failures[0]
+    );
+    assert!(failures[0].contains(" WARN "), "{}", failures[0]);
+    assert!(
+        failures[1].ends_with("authentication failed client_ip=127.0.0.1 route=/buff"),
+        "{}",
+        failures[1]
+    );
+    assert!(
+        !failures
+            .iter()
+            .any(|l| l.contains("nope") || l.contains("t0ken")),
+        "tokens never logged"
+    );
+}
