@@ -4,10 +4,13 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod haproxy;
+pub mod hubbub;
 pub mod mosquitto;
 pub mod ports;
 pub mod postgres;
 mod process;
 pub mod redis;
 pub mod sse;
+pub mod stack;
 pub mod tls;

@@ -116,9 +116,13 @@ pub async fn run(mut command: Command, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Spawns a long-running daemon with its output in `log`.
+/// Spawns a long-running daemon with its output appended to `log` (so restarts
+/// keep the earlier runs' lines).
 pub fn spawn_daemon(mut command: Command, log: &Path) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let err = out.try_clone()?;
     Ok(command
         .stdin(Stdio::null())
