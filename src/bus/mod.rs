@@ -79,6 +79,16 @@ impl Bus {
         }
     }
 
+    /// Fires when the subscriptions were re-established after a reconnect, so what
+    /// was published meanwhile may have been missed (never, in process).
+    pub fn resubscribed(&self) -> broadcast::Receiver<()> {
+        match self {
+            // A sender that is dropped at once: the receiver just never fires.
+            Self::InProcess(_) => broadcast::channel(1).1,
+            Self::Mqtt(bus) => bus.resubscribed(),
+        }
+    }
+
     /// Whether messages can flow now (always, in process).
     pub fn is_connected(&self) -> bool {
         match self {

@@ -36,6 +36,9 @@ struct Shared {
     connected: AtomicBool,
     connected_gauge: IntGauge,
     incoming: broadcast::Sender<BusMessage>,
+    /// Fires each time the subscriptions are in place again after a (re)connect:
+    /// whatever was published while they were not may have been missed.
+    resubscribed: broadcast::Sender<()>,
 }
 
 #[derive(Clone)]
@@ -88,6 +91,7 @@ impl MqttBus {
         }
         let (client, event_loop) = AsyncClient::new(options, 1024);
         let (incoming, _) = broadcast::channel(RECEIVE_BUFFER);
+        let (resubscribed, _) = broadcast::channel(16);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             connected: AtomicBool::new(false),
@@ -98,6 +102,7 @@ impl MqttBus {
                 )
                 .map_err(|e| BusError::Mqtt(e.to_string()))?,
             incoming,
+            resubscribed,
         });
         let stop = CancellationToken::new();
         tokio::spawn(run_event_loop(
@@ -140,9 +145,19 @@ impl MqttBus {
         self.shared.incoming.subscribe()
     }
 
+    /// Connected, and (when this process subscribes) subscribed.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Relaxed)
     }
+
+    pub fn resubscribed(&self) -> broadcast::Receiver<()> {
+        self.shared.resubscribed.subscribe()
+    }
+}
+
+fn mark_connected(shared: &Shared) {
+    shared.connected.store(true, Ordering::Relaxed);
+    shared.connected_gauge.set(1);
 }
 
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration, BusError> {
@@ -186,12 +201,13 @@ async fn run_event_loop(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                shared.connected.store(true, Ordering::Relaxed);
-                shared.connected_gauge.set(1);
                 backoff = Duration::from_millis(100);
                 tracing::info!("connected to the MQTT broker");
-                if !subscriptions.is_empty() {
-                    // A clean session forgets subscriptions: make them on every connect.
+                if subscriptions.is_empty() {
+                    mark_connected(&shared);
+                } else {
+                    // A clean session forgets subscriptions: make them on every connect,
+                    // and count as connected only once the broker confirmed them.
                     let filters = subscriptions
                         .iter()
                         .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
@@ -199,6 +215,10 @@ async fn run_event_loop(
                         tracing::error!(%error, "could not subscribe");
                     }
                 }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                mark_connected(&shared);
+                let _ = shared.resubscribed.send(());
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let _ = shared.incoming.send(BusMessage {

@@ -26,6 +26,8 @@ pub struct Hub {
 /// A client's live feed; leaving the channel when dropped.
 pub struct Subscription {
     pub receiver: broadcast::Receiver<Arc<Item>>,
+    /// Weak, so a reset (dropping the hub's sender) still ends this receiver.
+    sender: broadcast::WeakSender<Arc<Item>>,
     hub: Hub,
     stream: String,
 }
@@ -38,6 +40,7 @@ impl Hub {
             .or_insert_with(|| broadcast::channel(CLIENT_BUFFER).0);
         Subscription {
             receiver: sender.subscribe(),
+            sender: sender.downgrade(),
             hub: self.clone(),
             stream: stream.to_owned(),
         }
@@ -72,11 +75,13 @@ impl Hub {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut channels = self.hub.channels.lock().unwrap_or_else(|e| e.into_inner());
-        // Our receiver is still alive here, so "only us" is a count of one.
-        if channels
-            .get(&self.stream)
-            .is_some_and(|sender| sender.receiver_count() <= 1)
-        {
+        // Our receiver is still alive here, so "only us" is a count of one. After
+        // `disconnect_all` the entry may be a newer channel: that one is not ours.
+        let ours = self.sender.upgrade();
+        if channels.get(&self.stream).is_some_and(|sender| {
+            ours.as_ref().is_some_and(|ours| sender.same_channel(ours))
+                && sender.receiver_count() <= 1
+        }) {
             channels.remove(&self.stream);
         }
     }
@@ -109,5 +114,20 @@ mod tests {
         assert_eq!(hub.active_channels(), 1);
         drop(a);
         assert_eq!(hub.active_channels(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_cut_off_by_a_reset_does_not_remove_its_successor() {
+        let hub = Hub::default();
+        let mut old = hub.subscribe("a");
+        hub.disconnect_all();
+        assert!(
+            old.receiver.recv().await.is_err(),
+            "the old client is cut off"
+        );
+        let mut new = hub.subscribe("a");
+        drop(old);
+        hub.deliver("a", item(7));
+        assert_eq!(new.receiver.recv().await.expect("still delivered").id, 7);
     }
 }

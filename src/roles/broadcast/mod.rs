@@ -95,7 +95,12 @@ impl Broadcast {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, prometheus::Error> {
         let hub = Hub::default();
-        tokio::spawn(dispatch(bus.subscribe(), hub.clone(), shutdown.clone()));
+        tokio::spawn(dispatch(
+            bus.subscribe(),
+            bus.resubscribed(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
         Ok(Arc::new(Self {
             hub,
             messages: MessageStore::new(db.clone()),
@@ -310,10 +315,28 @@ struct WithId {
 }
 
 /// Moves events from the bus into the hub, encoded once for all clients.
-async fn dispatch(mut bus: broadcast::Receiver<BusMessage>, hub: Hub, shutdown: CancellationToken) {
+async fn dispatch(
+    mut bus: broadcast::Receiver<BusMessage>,
+    mut resubscribed: broadcast::Receiver<()>,
+    hub: Hub,
+    shutdown: CancellationToken,
+) {
+    let mut resets_open = true;
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return,
+            reset = resubscribed.recv(), if resets_open => {
+                match reset {
+                    // Messages published while we were not subscribed never reach us:
+                    // every client reconnects and resumes from the database instead.
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        tracing::info!("resubscribed to the bus; clients resume from history");
+                        hub.disconnect_all();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => resets_open = false,
+                }
+                continue;
+            }
             received = bus.recv() => received,
         };
         match received {
