@@ -41,14 +41,20 @@ pub async fn nix_eval_json(expression: &str) -> anyhow::Result<serde_json::Value
     serde_json::from_str(&out).context("nix-instantiate printed no JSON")
 }
 
-/// Broker users and their ACL lines, as `nixos/lib/broker-acl.nix` defines them.
+/// Broker users and their ACL file lines (`topic write hubbub/chat/+`), from
+/// `nixos/lib/broker-acl.nix` as the broker profile uses it.
 pub async fn broker_acl() -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let value = nix_eval_json(
-        "let acl = import ./nixos/lib/broker-acl.nix; \
-         in builtins.mapAttrs (user: _: acl.aclStrings user) acl.users",
-    )
-    .await?;
-    Ok(serde_json::from_value(value)?)
+    let value = nix_eval_json("(import ./nixos/lib/broker-acl.nix).aclStrings").await?;
+    let acl: BTreeMap<String, Vec<String>> = serde_json::from_value(value)?;
+    Ok(acl
+        .into_iter()
+        .map(|(user, lines)| {
+            (
+                user,
+                lines.into_iter().map(|l| format!("topic {l}")).collect(),
+            )
+        })
+        .collect())
 }
 
 pub struct Stack {
@@ -138,6 +144,7 @@ impl Stack {
              [redis]\nurl = \"redis://127.0.0.1:{}\"\npassword_file = \"redis-password\"\n\n\
              {mqtt}\
              [visitors]\nsalt_file = \"visitor-salt\"\n\n\
+             [chat]\nrate_per_minute = 1000000\nrate_burst = 100000\n\n\
              [buffs]\nadmin_token_file = \"admin-tokens\"\n",
             self.postgres.url_without_password(&self.database),
             self.redis.port(),
@@ -219,11 +226,12 @@ async fn render_haproxy(
     let expression = format!(
         "(import ./nixos/lib/haproxy.nix) {{ \
            backends = builtins.fromJSON {backends_nix}; \
-           certFile = \"{}\"; \
+           certificate = \"{}\"; \
            httpBind = \"127.0.0.1:{http_port}\"; \
            httpsBind = \"127.0.0.1:{https_port}\"; \
-           statsBind = \"127.0.0.1:{}\"; \
-           logTarget = \"stderr\"; }}",
+           metricsBind = \"127.0.0.1:{}\"; \
+           maxconn = 4000; \
+           limits = {{ connections = 2000; requestsPer10s = 100000; streamsPerMinute = 100000; }}; }}",
         cert.display(),
         free_port()
     );
