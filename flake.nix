@@ -1,0 +1,146 @@
+{
+  description = "hubbub: live-audience services (visitor counter, chat with SSE broadcast, buffs)";
+
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    crane.url = "github:ipetkov/crane";
+    agenix = {
+      url = "github:ryantm/agenix";
+      inputs.nixpkgs.follows = "nixpkgs";
+      # Only the NixOS module and the CLI are used: no nix-darwin, no home-manager.
+      inputs.darwin.follows = "";
+      inputs.home-manager.follows = "";
+    };
+    # RustSec advisories for the cargo-audit check (a plain source, not a flake).
+    advisory-db = {
+      url = "github:rustsec/advisory-db";
+      flake = false;
+    };
+  };
+
+  outputs = {
+    self,
+    nixpkgs,
+    crane,
+    agenix,
+    advisory-db,
+  }: let
+    inherit (nixpkgs) lib;
+
+    systems = ["x86_64-linux" "aarch64-linux"];
+
+    # The one package definition (nix/package.nix), for any package set: the
+    # flake's packages, the overlay and nixosModules.default all use it.
+    mkHubbub = pkgs:
+      pkgs.callPackage ./nix/package.nix {
+        craneLib = crane.mkLib pkgs;
+        inherit (self) sourceInfo;
+      };
+
+    perSystem = system: let
+      pkgs = nixpkgs.legacyPackages.${system};
+      craneLib = crane.mkLib pkgs;
+      hubbub = mkHubbub pkgs;
+      rustAndNixChecks = import ./nix/checks.nix {
+        inherit pkgs craneLib hubbub advisory-db;
+      };
+      vmTests = import ./nixos/tests {inherit pkgs self;};
+      serve = pkgs.writeShellApplication {
+        name = "hubbub-serve";
+        text = ''exec ${lib.getExe hubbub} serve "$@"'';
+      };
+    in {
+      packages = {
+        default = hubbub;
+        inherit hubbub;
+        image = pkgs.callPackage ./nix/image.nix {inherit hubbub;};
+      };
+
+      apps.default = {
+        type = "app";
+        program = lib.getExe serve;
+        meta.description = "Run every hubbub role (`hubbub serve`) with the default configuration";
+      };
+
+      checks = rustAndNixChecks // vmTests;
+
+      devShells.default = craneLib.devShell {
+        # The build inputs of the Rust and Nix checks (not of the VM tests).
+        checks = rustAndNixChecks;
+        packages = [
+          pkgs.postgresql
+          pkgs.redis
+          pkgs.mosquitto
+          pkgs.haproxy
+          pkgs.cargo-nextest
+          pkgs.cargo-deny
+          pkgs.alejandra
+          pkgs.deadnix
+          agenix.packages.${system}.default
+        ];
+      };
+
+      formatter = pkgs.alejandra;
+
+      # Hydra's jobs on this system: the packages, every check (the VM tests
+      # included; `hubbub` is already a package) and the closures of the
+      # example hosts built for this system.
+      hydraJobs =
+        removeAttrs self.packages.${system} ["default"]
+        // removeAttrs self.checks.${system} ["hubbub"]
+        // lib.mapAttrs' (name: host: lib.nameValuePair "host-${name}" host.config.system.build.toplevel)
+        (lib.filterAttrs (_: host: host.pkgs.stdenv.hostPlatform.system == system) self.nixosConfigurations);
+
+      aggregate = constituents:
+        pkgs.releaseTools.aggregate {
+          name = "hubbub-release-${system}";
+          inherit constituents;
+          meta.description = "Every hubbub job of ${system}: a deployment waits for this one";
+        };
+    };
+
+    eachSystem = lib.genAttrs systems perSystem;
+    output = name: lib.mapAttrs (_: outputs: outputs.${name}) eachSystem;
+  in {
+    packages = output "packages";
+    apps = output "apps";
+    checks = output "checks";
+    devShells = output "devShells";
+    formatter = output "formatter";
+
+    # `nix flake check` (some Nix versions) wants the arguments named final and prev.
+    # deadnix: skip
+    overlays.default = final: prev: {hubbub = mkHubbub final;};
+
+    # The profiles as they are (nixos/modules/default.nix); `default` (and its
+    # alias `hubbub`) is services.hubbub with its package defaulting to the one
+    # Hydra built and tested for this system (or, elsewhere, the same
+    # definition built with the host's package set). No overlay is imposed on
+    # the importing configuration.
+    nixosModules = let
+      modules = import ./nixos/modules;
+      hubbubModule = {
+        lib,
+        pkgs,
+        ...
+      }: {
+        imports = [modules.default];
+        services.hubbub.package = lib.mkDefault (self.packages.${pkgs.stdenv.hostPlatform.system}.default or (mkHubbub pkgs));
+      };
+    in
+      modules
+      // {
+        default = hubbubModule;
+        hubbub = hubbubModule;
+      };
+
+    nixosConfigurations = import ./nixos/hosts {inherit self nixpkgs agenix;};
+
+    # hydraJobs.<job>.<system>, plus release.<system> (nix/hydra-jobs.nix).
+    hydraJobs = import ./nix/hydra-jobs.nix {
+      inherit systems;
+      jobsFor = system: eachSystem.${system}.hydraJobs;
+      aggregate = system: eachSystem.${system}.aggregate;
+    };
+  };
+}
