@@ -169,23 +169,6 @@ async fn post_ack(stack: &Stack, channel: &str, text: &str) -> Option<i64> {
     response.json::<Value>().await.ok()?["id"].as_i64()
 }
 
-/// GET a JSON body, retrying briefly while HAProxy's health checks catch up after
-/// a drill (its own 503 page is not JSON).
-async fn get_json_retrying<T: serde::de::DeserializeOwned>(
-    stack: &Stack,
-    path: &str,
-) -> anyhow::Result<T> {
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let response = stack.client.get(stack.url(path)).send().await?;
-        if response.status() == 200 {
-            return Ok(response.json().await?);
-        }
-        ensure!(Instant::now() < until, "{path}: {}", response.status());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn history_ids(stack: &Stack, channel: &str) -> anyhow::Result<Vec<i64>> {
     let mut all = Vec::new();
     let mut before: Option<i64> = None;
@@ -761,6 +744,87 @@ async fn backup_restore(stack: &mut Stack) -> anyhow::Result<String> {
     ))
 }
 
+/// 500 SSE clients and 50 posts/s for 20 s, all through HAProxy: every post is
+/// acknowledged, and every client receives every message once, in order, without
+/// having to reconnect.
+async fn load_smoke(stack: &mut Stack) -> anyhow::Result<String> {
+    const CLIENTS: usize = 500;
+    const RATE: u64 = 50;
+    const SECONDS: u64 = 20;
+    let clients = followers(stack, "load", CLIENTS).await?;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..RATE * SECONDS {
+        tick.tick().await;
+        let client = stack.client.clone();
+        let url = stack.url("/api/chat/load/messages");
+        // Each post on its own task, so a slow answer does not lower the rate.
+        posts.spawn(async move {
+            let response = client
+                .post(&url)
+                .json(&json!({"user": "load", "text": format!("l{i}")}))
+                .send()
+                .await
+                .map_err(|e| format!("post {i}: {e}"))?;
+            let status = response.status();
+            let body: Value = response
+                .json()
+                .await
+                .map_err(|e| format!("post {i}: {e}"))?;
+            match body["id"].as_i64() {
+                Some(id) if status == 201 => Ok(id),
+                _ => Err(format!("post {i}: {status} {body}")),
+            }
+        });
+    }
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(joined) = posts.join_next().await {
+        match joined? {
+            Ok(id) => acked.push(id),
+            Err(error) => errors.push(error),
+        }
+    }
+    let posting = started.elapsed();
+    ensure!(
+        errors.is_empty(),
+        "{} posts failed, first: {}",
+        errors.len(),
+        errors[0]
+    );
+    acked.sort_unstable();
+    let until = Instant::now() + Duration::from_secs(60);
+    while clients.iter().any(|c| c.received().len() < acked.len()) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drained = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wrong = clients.iter().filter(|c| c.received() != acked).count();
+    let reconnects: usize = clients
+        .iter()
+        .map(|c| c.reconnects.load(Ordering::Relaxed))
+        .sum();
+    ensure!(
+        wrong == 0,
+        "{wrong} of {CLIENTS} clients did not get exactly the {} messages in order \
+         (first such got {} ids); {reconnects} reconnects",
+        acked.len(),
+        clients
+            .iter()
+            .find(|c| c.received() != acked)
+            .map_or(0, |c| c.received().len()),
+    );
+    ensure!(reconnects == 0, "{reconnects} reconnects under load");
+    Ok(format!(
+        "{} posts in {:.1} s, {} deliveries, all in {:.1} s",
+        acked.len(),
+        posting.as_secs_f64(),
+        acked.len() * CLIENTS,
+        drained.as_secs_f64()
+    ))
+}
+
 fn pg_path() -> String {
     let pg_bin = std::fs::read_dir("/usr/lib/postgresql")
         .ok()
@@ -793,6 +857,7 @@ async fn production_topology_drills() {
     drill!("bad input through the proxy", bad_input);
     drill!("fail2ban filter on real logs", fail2ban_filter);
     drill!("backup and restore", backup_restore);
+    drill!("load smoke", load_smoke);
 
     println!("\n{:<32} {:<6} {:>7}  detail", "drill", "result", "seconds");
     for (name, outcome, seconds) in &table {

@@ -195,7 +195,9 @@ impl Stack {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&edge.ca_pem)?)?;
         self.client = reqwest::Client::builder()
             .add_root_certificate(ca)
-            .timeout(std::time::Duration::from_secs(30))
+            // Per read, not per request: SSE streams stay open for the whole run.
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .read_timeout(std::time::Duration::from_secs(30))
             .build()?;
         Ok(())
     }
