@@ -6,8 +6,8 @@
 # Checked by tests/nix/renderers.sh with `promtool check rules` and unit-tested by
 # nixos/files/prometheus/alert-rules.test.yml and alert-rules-daily.test.yml
 # (`promtool test rules`, with the rendered file as alert-rules.json beside them).
-# Alerts: InstanceDown, HubbubHigh5xxRatio, HubbubHighLatencyP99,
-# HubbubOutboxBacklogGrowing, HubbubMqttDisconnected, HostDiskFillingUp,
+# Alerts: InstanceDown, PostgresDown, RedisDown, HubbubHigh5xxRatio,
+# HubbubHighLatencyP99, HubbubOutboxBacklogGrowing, HubbubMqttDisconnected, HostDiskFillingUp,
 # HostDiskAlmostFull, HubbubBackupTooOld, HubbubBackupMissing,
 # TlsCertificateExpiringSoon, TlsCertificateExpiryImminent.
 #
@@ -20,7 +20,7 @@
 #       when the dump succeeded), atomically (write a temporary file, then mv).
 #   hubbub_tls_certificate_expiry_timestamp_seconds{domain}  gauge, notAfter of the edge
 #       certificate as Unix time (`openssl x509 -enddate`). The proxy host writes it to
-#       the textfile collector directory from a timer (hourly and after renewals).
+#       the textfile collector directory from an hourly timer.
 let
   # Health and metrics endpoints say nothing about user traffic.
   userRoutes = ''route!~"/healthz|/readyz|/metrics"'';
@@ -40,6 +40,15 @@ let
         (rule "InstanceDown" "up == 0" "2m" "critical"
           "{{ $labels.job }} on {{ $labels.host }} is down"
           "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 2 minutes.")
+        # The exporters keep answering when their server is down, so `up` stays 1;
+        # and HAProxy answers 503 itself once no role is ready, which hubbub's own
+        # 5xx ratio never sees.
+        (rule "PostgresDown" "pg_up == 0" "1m" "critical"
+          "PostgreSQL on {{ $labels.host }} is down"
+          "The postgres exporter on {{ $labels.host }} cannot reach PostgreSQL: every role is unready and HAProxy answers 503. See journalctl -u postgresql on {{ $labels.host }}.")
+        (rule "RedisDown" "redis_up == 0" "2m" "warning"
+          "Redis on {{ $labels.host }} is down"
+          "The redis exporter on {{ $labels.host }} cannot reach Redis: hubbub serves from PostgreSQL (degraded, slower) and rate limits are per instance. See journalctl -u redis-hubbub on {{ $labels.host }}.")
         (rule "HubbubHigh5xxRatio" ''
             sum by (role) (rate(hubbub_http_requests_total{status=~"5..",${userRoutes}}[5m]))
               / sum by (role) (rate(hubbub_http_requests_total{${userRoutes}}[5m]))
@@ -99,7 +108,7 @@ let
             hubbub_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400
           '' "1h" "warning"
           "The certificate of {{ $labels.domain }} expires in {{ $value | humanizeDuration }}"
-          "ACME renews 30 days before expiry, so renewal has been failing. See journalctl -u acme-{{ $labels.domain }} on {{ $labels.host }}.")
+          "ACME renews 30 days before expiry, so renewal has been failing. See journalctl -u acme-order-renew-{{ $labels.domain }} on {{ $labels.host }}.")
         (rule "TlsCertificateExpiryImminent" ''
             hubbub_tls_certificate_expiry_timestamp_seconds - time() < 3 * 86400
           '' "10m" "critical"

@@ -15,6 +15,10 @@
   cfg = config.hubbub.database;
   remoteApps = view.remoteAppHosts;
   backupDir = config.services.postgresqlBackup.location;
+  # Each role process may hold a pool of database.max_connections (16 by default);
+  # the exporter, the backup and an operator's psql need a few more.
+  roleProcesses = builtins.foldl' (n: host: n + builtins.length (host.roles or [])) 0 (builtins.attrValues view.inventory.hosts);
+  maxConnections = lib.max 100 (16 * roleProcesses + 20);
 
   restore = pkgs.writeShellApplication {
     name = "hubbub-db-restore";
@@ -69,6 +73,7 @@ in {
         listen_addresses = lib.mkForce (lib.concatStringsSep "," (["localhost"] ++ lib.optional (remoteApps != []) view.address));
         port = ports.postgres;
         password_encryption = "scram-sha-256";
+        max_connections = lib.mkDefault maxConnections;
       };
       # The whole pg_hba.conf (mkForce drops the module's md5-on-loopback defaults).
       authentication = lib.mkForce (''

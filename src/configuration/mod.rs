@@ -383,11 +383,15 @@ impl Settings {
             }
         }
         if let Some(url) = &self.redis.url
-            && !matches!(url.scheme(), "redis" | "rediss")
+            && url.scheme() != "redis"
         {
             return Err(ConfigError::invalid(
                 "redis.url",
-                format!("scheme `{}` is not supported; use redis://", url.scheme()),
+                format!(
+                    "scheme `{}` is not supported (this build speaks to Redis without TLS); \
+                     use redis:// over a private network",
+                    url.scheme()
+                ),
             ));
         }
         if let Some(url) = &self.mqtt.url {
@@ -581,6 +585,7 @@ mod tests {
         for (toml, key) in [
             ("[database]\nurl = \"mysql://db/x\"\n", "database.url"),
             ("[redis]\nurl = \"http://cache\"\n", "redis.url"),
+            ("[redis]\nurl = \"rediss://cache:6380\"\n", "redis.url"),
             ("[mqtt]\nurl = \"tcp://broker\"\n", "mqtt.url"),
             (
                 "[visitors]\nowner_url = \"javascript:alert(1)\"\n",

@@ -103,6 +103,11 @@ where
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let method = request.method().clone();
+        // HEAD is answered as GET: hyper remembers the request was HEAD and sends the
+        // headers without the body, so `curl -I` and monitors see what GET would give.
+        if method == Method::HEAD {
+            *request.method_mut() = Method::GET;
+        }
         let meta = RequestMeta {
             id,
             client_ip,

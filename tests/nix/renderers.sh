@@ -573,7 +573,7 @@ if out=$(promtool check rules "$prom/alert-rules.json" 2>&1); then
 else
   bad "promtool check rules: $out"
 fi
-need_alerts="InstanceDown HubbubHigh5xxRatio HubbubHighLatencyP99 HubbubOutboxBacklogGrowing HubbubMqttDisconnected HostDiskFillingUp HubbubBackupTooOld TlsCertificateExpiringSoon"
+need_alerts="InstanceDown PostgresDown RedisDown HubbubHigh5xxRatio HubbubHighLatencyP99 HubbubOutboxBacklogGrowing HubbubMqttDisconnected HostDiskFillingUp HubbubBackupTooOld TlsCertificateExpiringSoon"
 test_files=(nixos/files/prometheus/alert-rules.test.yml nixos/files/prometheus/alert-rules-daily.test.yml)
 coverage=$(python3 - "$prom/alert-rules.json" "$need_alerts" "${test_files[@]}" <<'EOF'
 import json, re, sys
@@ -604,6 +604,7 @@ fi
 caught=0
 mutants=(
   "InstanceDown|for|10m"
+  "RedisDown|for|5m"
   'HubbubHigh5xxRatio|expr|,route!~"/healthz|/readyz|/metrics"=>'
   "HubbubBackupTooOld|expr|26 * 3600=>36 * 3600"
   "TlsCertificateExpiringSoon|expr|14 * 86400=>3 * 86400"

@@ -13,7 +13,7 @@ const SALT_FILE: &str = "visitor-salt";
 #[derive(Debug, thiserror::Error)]
 pub enum SaltError {
     #[error(
-        "visitors.salt_file is required with a PostgreSQL database: every instance sharing \
+        "visitors.salt_file is required when database.url is set: every instance sharing \
          the database must use the same salt, or one visitor counts as several"
     )]
     SharedDatabaseNeedsSalt,
