@@ -122,6 +122,10 @@ impl HubbubProcess {
         Ok(())
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

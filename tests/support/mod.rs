@@ -9,7 +9,7 @@ pub mod hubbub;
 pub mod mosquitto;
 pub mod ports;
 pub mod postgres;
-mod process;
+pub mod process;
 pub mod redis;
 pub mod sse;
 pub mod stack;

@@ -117,7 +117,7 @@ impl Stack {
     }
 
     /// The role's TOML (as the module renders `settings`) and its credentials dir.
-    fn write_role_files(&self, role: Role) -> anyhow::Result<(PathBuf, PathBuf)> {
+    pub fn write_role_files(&self, role: Role) -> anyhow::Result<(PathBuf, PathBuf)> {
         let dir = self.dir.path();
         let credentials = dir.join(format!("credentials-{role}"));
         std::fs::create_dir_all(&credentials)?;

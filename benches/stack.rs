@@ -1,0 +1,688 @@
+//! The benchmarks of `docs/benchmarks.md`, run by hand with `tests/bench [NAME...]`
+//! (never in CI). Each figure is a ratio against an anchor measured in the same run
+//! on the same machine: pgbench for the visit statement, warp's hello world for
+//! cached reads, nginx + nchan for SSE fan-out.
+//!
+//! The daemons are the test support's (PostgreSQL, Redis, Mosquitto with TLS, one
+//! release `hubbub` process per role, configured as the NixOS module does); the load
+//! generators are wrk, pgbench and `examples/sse_load.rs`. Prints Markdown.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use hubbub::domain::Role;
+use serde_json::Value;
+use support::postgres::APP_PASSWORD;
+use support::stack::{ADMIN_TOKEN, Stack};
+
+const ALL: &[&str] = &["footprint", "visitors", "cached", "fanout", "chat"];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; anything else names a benchmark.
+    let mut wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if wanted.is_empty() || wanted.iter().any(|w| w == "all") {
+        wanted = ALL.iter().map(|s| (*s).to_owned()).collect();
+    }
+    if let Some(unknown) = wanted.iter().find(|w| !ALL.contains(&w.as_str())) {
+        bail!("unknown benchmark {unknown}; known: {}", ALL.join(" "));
+    }
+    let seconds: u64 = env_or("BENCH_SECONDS", 15);
+    let mut stack = Stack::start(1).await?;
+    println!(
+        "# hubbub benchmarks\n\n{} · {} · {} CPUs shared by load generators and servers\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        env!("CARGO_PKG_VERSION"),
+        std::thread::available_parallelism().map_or(0, usize::from),
+    );
+    for name in &wanted {
+        match name.as_str() {
+            "footprint" => footprint(&mut stack).await?,
+            "visitors" => visitors(&mut stack, seconds).await?,
+            "cached" => cached(&mut stack, seconds).await?,
+            "fanout" => fanout(&mut stack).await?,
+            "chat" => chat(&mut stack).await?,
+            _ => unreachable!("checked above"),
+        }
+    }
+    Ok(())
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `target/release`, where cargo put the hubbub binary and the examples.
+fn release_dir() -> PathBuf {
+    Path::new(support::hubbub::BIN)
+        .parent()
+        .map_or_else(|| PathBuf::from("target/release"), Path::to_path_buf)
+}
+
+fn example(name: &str) -> anyhow::Result<PathBuf> {
+    let path = release_dir().join("examples").join(name);
+    ensure!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --examples` (tests/bench does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn process_url(stack: &mut Stack, role: Role, path: &str) -> anyhow::Result<(String, u32)> {
+    let process = stack
+        .processes_of(role)
+        .next()
+        .context("a process per role")?;
+    Ok((process.url(path), process.pid().context("running")?))
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")
+}
+
+async fn output(program: &str, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<String> {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command
+        .output()
+        .await
+        .with_context(|| format!("running {program}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{program} {}: {}\n{stdout}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+    errors: u64,
+    command: String,
+}
+
+/// wrk with 2 threads, `connections` connections, latency distribution.
+async fn wrk(
+    url: &str,
+    connections: u32,
+    seconds: u64,
+    script: Option<&Path>,
+) -> anyhow::Result<Wrk> {
+    let mut args = vec![
+        "-t2".to_owned(),
+        format!("-c{connections}"),
+        format!("-d{seconds}s"),
+        "--latency".to_owned(),
+    ];
+    if let Some(script) = script {
+        args.extend(["-s".to_owned(), script.display().to_string()]);
+    }
+    args.push(url.to_owned());
+    let out = output("wrk", &args, &[]).await?;
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("wrk printed no Requests/sec")?;
+    let p99_ms = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| duration_ms(v.trim()))
+        .context("wrk printed no 99%")?;
+    // "Non-2xx or 3xx responses: N" and "Socket errors: connect A, read B, write C, timeout D"
+    let non_2xx: u64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let socket: u64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map_or(0, |v| {
+            v.split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        });
+    Ok(Wrk {
+        rps,
+        p99_ms,
+        errors: non_2xx + socket,
+        command: format!("wrk {}", args.join(" ")),
+    })
+}
+
+/// wrk prints `850.00us`, `5.12ms` or `1.20s`.
+fn duration_ms(text: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+// --- footprint -------------------------------------------------------------------
+
+/// Binary size, idle RSS per role, and start → READY=1 (median of 5) per role.
+async fn footprint(stack: &mut Stack) -> anyhow::Result<()> {
+    let size = std::fs::metadata(support::hubbub::BIN)?.len();
+    println!("## Footprint\n");
+    println!(
+        "Release binary: {:.1} MiB (`{}`, not stripped of symbols by cargo; Nix strips).\n",
+        size as f64 / 1048576.0,
+        support::hubbub::BIN
+    );
+    println!("| role | idle RSS | start → READY=1 (median of 5) |\n|---|---|---|");
+    for role in Role::ALL {
+        let (_, pid) = process_url(stack, role, "/")?;
+        let rss = rss_kb(pid)?;
+        let (config, credentials) = stack.write_role_files(role)?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            times.push(time_to_ready(role, &config, &credentials, stack.dir.path()).await?);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "| {role} | {:.1} MiB | {:.0} ms |",
+            rss as f64 / 1024.0,
+            times[2]
+        );
+    }
+    println!(
+        "\nIdle RSS is read from `/proc/PID/status` of each role's process after start-up; \
+         the start time is from spawn to the `READY=1` datagram on `NOTIFY_SOCKET`, \
+         against the same PostgreSQL, Redis and Mosquitto (TLS).\n"
+    );
+    Ok(())
+}
+
+async fn time_to_ready(
+    role: Role,
+    config: &Path,
+    credentials: &Path,
+    dir: &Path,
+) -> anyhow::Result<f64> {
+    let socket_path = dir.join(format!("notify-{role}.sock"));
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = tokio::net::UnixDatagram::bind(&socket_path)?;
+    let state = dir.join(format!("ready-state-{role}"));
+    std::fs::create_dir_all(&state)?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(support::hubbub::BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["serve", role.as_str()])
+        .env("CREDENTIALS_DIRECTORY", credentials)
+        .env("STATE_DIRECTORY", &state)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env(
+            "HUBBUB_HTTP__LISTEN",
+            format!("127.0.0.1:{}", support::ports::free_port()),
+        )
+        .env(
+            "HUBBUB_ADMIN__LISTEN",
+            format!("127.0.0.1:{}", support::ports::free_port()),
+        )
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut buffer = [0u8; 512];
+    let ms = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let n = socket.recv(&mut buffer).await?;
+            if String::from_utf8_lossy(&buffer[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return anyhow::Ok(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    })
+    .await
+    .context("no READY=1 within 30 s")??;
+    child.kill().await?;
+    Ok(ms)
+}
+
+// --- visitors ----------------------------------------------------------------------
+
+/// The visit statement of `src/roles/visitors/store.rs` for pgbench: a random
+/// visitor of a 2^24 space (as wrk's random X-Forwarded-For), the same shard rule.
+const PGBENCH_VISIT: &str = "\
+\\set v random(1, 16777216)
+WITH v AS (
+    INSERT INTO visitors (visitor_id, visits) VALUES (sha256(int8send(:v)), 1)
+    ON CONFLICT (visitor_id) DO UPDATE
+        SET visits = visitors.visits + 1, last_seen = CURRENT_TIMESTAMP
+    RETURNING visits
+), bump AS (
+    UPDATE visit_totals
+       SET visits = visit_totals.visits + 1,
+           visitors = visit_totals.visitors + (SELECT CASE WHEN visits = 1 THEN 1 ELSE 0 END FROM v)
+     WHERE shard = :v % 16
+)
+SELECT v.visits AS visits,
+       CAST(t.visits + 1 AS BIGINT) AS total_visits,
+       CAST(t.visitors + CASE WHEN v.visits = 1 THEN 1 ELSE 0 END AS BIGINT) AS unique_visitors
+  FROM v,
+       (SELECT COALESCE(SUM(visits), 0) AS visits, COALESCE(SUM(visitors), 0) AS visitors
+          FROM visit_totals) AS t;
+";
+
+/// Every request from a random client address, believed because 127.0.0.1 is a
+/// trusted proxy (as behind HAProxy): each one is a visitor of a 2^24 space.
+const WRK_RANDOM_CLIENT: &str = r#"
+math.randomseed(os.time())
+request = function()
+  local ip = string.format("10.%d.%d.%d", math.random(0, 255), math.random(0, 255), math.random(0, 255))
+  return wrk.format("GET", "/", { ["X-Forwarded-For"] = ip })
+end
+"#;
+
+async fn seed_visitors(stack: &Stack, count: u64) -> anyhow::Result<()> {
+    // Negative numbers: never one of the visitors the load will make.
+    stack
+        .postgres
+        .psql(
+            &stack.database,
+            &format!(
+                "TRUNCATE visitors; \
+                 UPDATE visit_totals SET visits = 0, visitors = 0; \
+                 INSERT INTO visitors (visitor_id, visits) \
+                   SELECT sha256(int8send(-g)), 1 FROM generate_series(1, {count}) AS g; \
+                 UPDATE visit_totals SET visits = {count}, visitors = {count} WHERE shard = 0;"
+            ),
+        )
+        .await?;
+    stack
+        .postgres
+        .psql(&stack.database, "VACUUM ANALYZE visitors")
+        .await?;
+    Ok(())
+}
+
+async fn pgbench(stack: &Stack, seconds: u64) -> anyhow::Result<(f64, String)> {
+    let script = stack.dir.path().join("visit.sql");
+    std::fs::write(&script, PGBENCH_VISIT)?;
+    // Beside the server binary: Debian's /usr/bin/pgbench is a wrapper that wants a
+    // client package.
+    let bin = std::fs::canonicalize(support::process::find_binary(
+        "postgres",
+        &["/usr/lib/postgresql/*/bin"],
+    )?)?
+    .with_file_name("pgbench");
+    let args: Vec<String> = ["-n", "-M", "prepared", "-c", "64", "-j", "2", "-T"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([
+            seconds.to_string(),
+            "-f".to_owned(),
+            script.display().to_string(),
+            "-h".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            stack.postgres.port().to_string(),
+            "-U".to_owned(),
+            support::postgres::APP_USER.to_owned(),
+            stack.database.clone(),
+        ])
+        .collect();
+    let out = output(
+        &bin.display().to_string(),
+        &args,
+        &[("PGPASSWORD", APP_PASSWORD)],
+    )
+    .await?;
+    let tps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("pgbench printed no tps")?;
+    Ok((tps, format!("pgbench {}", args.join(" "))))
+}
+
+async fn visitors(stack: &mut Stack, seconds: u64) -> anyhow::Result<()> {
+    let (url, _) = process_url(stack, Role::Visitors, "/")?;
+    let script = stack.dir.path().join("random-client.lua");
+    std::fs::write(&script, WRK_RANDOM_CLIENT)?;
+    println!("## Visitor page (PostgreSQL + Redis), 64 connections, {seconds} s each\n");
+    println!(
+        "| visitors in the table | hubbub `GET /` req/s | p99 | pgbench visit tps (limit) | ratio | errors |\n|---|---|---|---|---|---|"
+    );
+    let mut throughput = Vec::new();
+    let mut commands = Vec::new();
+    for count in [1_000u64, 1_000_000] {
+        seed_visitors(stack, count).await?;
+        let run = wrk(&url, 64, seconds, Some(&script)).await?;
+        seed_visitors(stack, count).await?;
+        let (tps, pgbench_command) = pgbench(stack, seconds).await?;
+        let ratio = run.rps / tps;
+        println!(
+            "| {count} | {:.0} | {:.1} ms ({}) | {tps:.0} | {ratio:.2} ({}) | {} |",
+            run.rps,
+            run.p99_ms,
+            verdict(run.p99_ms < 20.0),
+            verdict(ratio >= 0.6),
+            run.errors
+        );
+        throughput.push(run.rps);
+        commands = vec![run.command, pgbench_command];
+    }
+    let growth = throughput[1] / throughput[0];
+    println!(
+        "\nCost growth, 1,000,000 vs 1,000 visitors: {growth:.2} of the throughput ({}; target ≥ 0.8).\n",
+        verdict(growth >= 0.8)
+    );
+    println!("```\n{}\n```\n", commands.join("\n"));
+    Ok(())
+}
+
+// --- cached reads ----------------------------------------------------------------------
+
+async fn cached(stack: &mut Stack, seconds: u64) -> anyhow::Result<()> {
+    let (buffs_url, _) = process_url(stack, Role::Buffs, "/api/buffs")?;
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let response = client
+            .post(&buffs_url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"question": format!("bench {i}?"), "answers": ["yes", "no"]}))
+            .send()
+            .await?;
+        ensure!(
+            response.status() == 201,
+            "creating a buff: {}",
+            response.status()
+        );
+    }
+    let (stats_url, _) = process_url(stack, Role::Visitors, "/api/stats")?;
+    let port = support::ports::free_port();
+    let mut hello = tokio::process::Command::new(example("hello_warp")?)
+        .arg(format!("127.0.0.1:{port}"))
+        .kill_on_drop(true)
+        .spawn()?;
+    let hello_url = format!("http://127.0.0.1:{port}/");
+    let until = Instant::now() + Duration::from_secs(10);
+    while client.get(&hello_url).send().await.is_err() {
+        ensure!(Instant::now() < until, "hello_warp did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("## Cached reads against warp's hello world, 64 connections, {seconds} s each\n");
+    let baseline = wrk(&hello_url, 64, seconds, None).await?;
+    println!(
+        "| route | req/s | p99 | ratio to hello world | errors |\n|---|---|---|---|---|\n| hello world (`examples/hello_warp.rs`) | {:.0} | {:.1} ms | 1.00 | {} |",
+        baseline.rps, baseline.p99_ms, baseline.errors
+    );
+    let mut commands = vec![baseline.command];
+    for (name, url) in [("`/api/stats`", stats_url), ("`/api/buffs`", buffs_url)] {
+        let run = wrk(&url, 64, seconds, None).await?;
+        let ratio = run.rps / baseline.rps;
+        println!(
+            "| {name} | {:.0} | {:.1} ms | {ratio:.2} ({}) | {} |",
+            run.rps,
+            run.p99_ms,
+            verdict(ratio >= 0.5),
+            run.errors
+        );
+        commands.push(run.command);
+    }
+    hello.kill().await?;
+    println!("\n```\n{}\n```\n", commands.join("\n"));
+    Ok(())
+}
+
+// --- SSE fan-out and chat throughput -------------------------------------------------------
+
+async fn sse_load(args: &[String]) -> anyhow::Result<Value> {
+    let out = output(&example("sse_load")?.display().to_string(), args, &[]).await?;
+    Ok(serde_json::from_str(out.trim())?)
+}
+
+fn load_args(
+    subscribe: &str,
+    publish: &str,
+    format: &str,
+    extra: &[(&str, String)],
+) -> Vec<String> {
+    let mut args = vec![
+        "--subscribe".to_owned(),
+        subscribe.to_owned(),
+        "--publish".to_owned(),
+        publish.to_owned(),
+        "--format".to_owned(),
+        format.to_owned(),
+    ];
+    for (k, v) in extra {
+        args.push(format!("--{k}"));
+        args.push(v.clone());
+    }
+    args
+}
+
+/// nginx with nchan: one channel published by POST and subscribed over SSE, the
+/// same shape as hubbub's chat channel.
+async fn start_nchan(dir: &Path) -> anyhow::Result<(tokio::process::Child, u16, Vec<u32>)> {
+    let port = support::ports::free_port();
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let config = prefix.join("nginx.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_nchan_module.so;\n\
+             daemon off;\nuser root;\nworker_processes 2;\nworker_rlimit_nofile 65536;\n\
+             pid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+             events {{ worker_connections 30000; }}\n\
+             http {{\n  access_log off;\n\
+               server {{\n    listen 127.0.0.1:{port} backlog=4096;\n\
+                 location ~ ^/sub/(\\w+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}\n\
+                 location ~ ^/pub/(\\w+)$ {{ nchan_publisher; nchan_channel_id $1; nchan_message_buffer_length 1000; }}\n\
+               }}\n}}\n",
+            p = prefix.display()
+        ),
+    )?;
+    let child = tokio::process::Command::new("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&config)
+        // Workers outlive a killed master; they must not hold our stdout open.
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("nginx (apt install nginx libnginx-mod-nchan)")?;
+    let until = Instant::now() + Duration::from_secs(10);
+    let master = child.id().context("nginx pid")?;
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        let workers: Vec<u32> = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if workers.len() >= 2
+            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        {
+            let mut pids = vec![master];
+            pids.extend(workers);
+            return Ok((child, port, pids));
+        }
+        ensure!(Instant::now() < until, "nginx did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `nginx -s stop`: the master takes its workers down with it.
+async fn stop_nchan(dir: &Path, mut master: tokio::process::Child) -> anyhow::Result<()> {
+    let prefix = dir.join("nginx");
+    output(
+        "nginx",
+        &[
+            "-p".to_owned(),
+            prefix.display().to_string(),
+            "-c".to_owned(),
+            prefix.join("nginx.conf").display().to_string(),
+            "-s".to_owned(),
+            "stop".to_owned(),
+        ],
+        &[],
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(10), master.wait())
+        .await
+        .context("nginx did not stop")??;
+    Ok(())
+}
+
+fn latency_row(name: &str, r: &Value) -> String {
+    format!(
+        "| {name} | {} | {}/{} | {} / {} / {} ms | {} | {:.1} KiB | {} |",
+        r["subscribers"],
+        r["deliveries"],
+        r["deliveries_expected"],
+        r["latency_ms"]["p50"],
+        r["latency_ms"]["p99"],
+        r["latency_ms"]["max"],
+        r["delivered_per_sec"],
+        r["rss_kb_per_connection"].as_f64().unwrap_or(0.0),
+        r["subscribers_broken"],
+    )
+}
+
+async fn fanout(stack: &mut Stack) -> anyhow::Result<()> {
+    let subscribers: usize = env_or("BENCH_SUBSCRIBERS", 10_000);
+    let messages: usize = env_or("BENCH_MESSAGES", 50);
+    let extra = |pids: &[u32]| {
+        let mut e = vec![
+            ("subscribers", subscribers.to_string()),
+            ("messages", messages.to_string()),
+            ("rate", "10".to_owned()),
+        ];
+        e.extend(pids.iter().map(|p| ("rss-pid", p.to_string())));
+        e
+    };
+    let (nchan, port, nginx_pids) = start_nchan(stack.dir.path()).await?;
+    let nchan_args = load_args(
+        &format!("http://127.0.0.1:{port}/sub/bench"),
+        &format!("http://127.0.0.1:{port}/pub/bench"),
+        "raw",
+        &extra(&nginx_pids),
+    );
+    let nchan_report = sse_load(&nchan_args).await;
+    stop_nchan(stack.dir.path(), nchan).await?;
+    let nchan_report = nchan_report?;
+
+    let (subscribe, broadcast_pid) =
+        process_url(stack, Role::Broadcast, "/api/chat/fanout/events")?;
+    let (publish, _) = process_url(stack, Role::Chat, "/api/chat/fanout/messages")?;
+    let hubbub_args = load_args(&subscribe, &publish, "chat", &extra(&[broadcast_pid]));
+    let hubbub_report = sse_load(&hubbub_args).await?;
+
+    println!("## SSE fan-out: {subscribers} subscribers, {messages} messages at 10/s\n");
+    println!(
+        "| server | subscribers | deliveries | latency p50 / p99 / max | delivered/s | RSS per connection | broken |\n|---|---|---|---|---|---|---|"
+    );
+    println!(
+        "{}",
+        latency_row("nginx + nchan (2 workers)", &nchan_report)
+    );
+    println!(
+        "{}",
+        latency_row("hubbub broadcast (1 process)", &hubbub_report)
+    );
+    let p99 = |r: &Value| r["latency_ms"]["p99"].as_f64().unwrap_or(f64::MAX);
+    let mem = |r: &Value| r["rss_kb_per_connection"].as_f64().unwrap_or(f64::MAX);
+    let latency_ratio = p99(&hubbub_report) / p99(&nchan_report).max(0.01);
+    let memory_ratio = mem(&hubbub_report) / mem(&nchan_report).max(0.01);
+    println!(
+        "\np99 latency: {latency_ratio:.2} × nchan's ({}; target ≤ 1.5). Memory per connection: \
+         {memory_ratio:.2} × nchan's ({}; target ≤ 1.5). All delivered: {}.\n",
+        verdict(latency_ratio <= 1.5),
+        verdict(memory_ratio <= 1.5),
+        hubbub_report["deliveries"] == hubbub_report["deliveries_expected"]
+    );
+    println!(
+        "hubbub's latency is POST → PostgreSQL → outbox → Mosquitto (TLS) → broadcast → SSE; \
+         nchan's is POST → SSE inside nginx.\n\n```\nsse_load {}\nsse_load {}\n```\n",
+        nchan_args.join(" "),
+        hubbub_args.join(" ")
+    );
+    Ok(())
+}
+
+async fn chat(stack: &mut Stack) -> anyhow::Result<()> {
+    let messages: usize = env_or("BENCH_CHAT_MESSAGES", 2_000);
+    let subscribers: usize = env_or("BENCH_CHAT_SUBSCRIBERS", 1_000);
+    let (subscribe, _) = process_url(stack, Role::Broadcast, "/api/chat/throughput/events")?;
+    let (publish, chat_pid) = process_url(stack, Role::Chat, "/api/chat/throughput/messages")?;
+    let args = load_args(
+        &subscribe,
+        &publish,
+        "chat",
+        &[
+            ("subscribers", subscribers.to_string()),
+            ("messages", messages.to_string()),
+            ("rate", "0".to_owned()),
+            ("concurrency", "64".to_owned()),
+            ("rss-pid", chat_pid.to_string()),
+        ],
+    );
+    let report = sse_load(&args).await?;
+    let accepted = report["accepted_per_sec"].as_f64().unwrap_or(0.0);
+    println!("## Chat end to end: POST → PostgreSQL → MQTT → SSE, {subscribers} subscribers\n");
+    println!(
+        "{} messages posted by 64 concurrent clients: {accepted} accepted/s ({}; target ≥ 5000), \
+         {} refused; {} of {} deliveries ({} subscribers complete, {} with duplicates; \
+         {} streams cut as slow and resumed with Last-Event-ID), \
+         {} delivered/s; latency p50 {} ms, p99 {} ms.\n\n```\nsse_load {}\n```\n",
+        messages,
+        verdict(accepted >= 5000.0),
+        report["messages_refused"],
+        report["deliveries"],
+        report["deliveries_expected"],
+        report["subscribers_complete"],
+        report["subscribers_with_duplicates"],
+        report["resumed_streams"],
+        report["delivered_per_sec"],
+        report["latency_ms"]["p50"],
+        report["latency_ms"]["p99"],
+        args.join(" ")
+    );
+    Ok(())
+}
