@@ -479,3 +479,43 @@ async fn demo_page_uses_only_same_origin_paths() {
     assert!(!js.contains("http://") && !js.contains("https://"));
     app.stop().await;
 }
+
+/// On PostgreSQL, posts to one channel take the channel's ordering lock (ids commit in
+/// id order, which lets a client resuming with `Last-Event-ID` skip nothing): while
+/// another session holds it, a post waits; other channels do not.
+#[tokio::test]
+async fn a_post_waits_for_its_channels_ordering_lock() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("database");
+    let chat = spawn_app(&format!(
+        "[database]\nurl = \"{db_url}\"\n\n[visitors]\nsalt = \"s\"\n"
+    ))
+    .await
+    .expect("chat");
+    let db = sea_orm::Database::connect(&db_url).await.expect("connect");
+    let holder = db.begin().await.expect("begin");
+    holder
+        .execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('hubbub-chat:held'))")
+        .await
+        .expect("lock");
+    let waiting = {
+        let (client, url) = (chat.client.clone(), chat.url("/api/chat/held/messages"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"user": "alice", "text": "waits"}))
+                .send()
+                .await
+                .expect("post")
+                .status()
+        })
+    };
+    let other = post(&chat, "free", "alice", "goes through").await;
+    assert_eq!(other.status(), 201, "another channel is not held up");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the post waits for the lock");
+    holder.rollback().await.expect("release");
+    assert_eq!(waiting.await.expect("task"), 201);
+}

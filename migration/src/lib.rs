@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_visitors;
 mod m20261122_000002_create_chat_messages;
 mod m20261122_000003_create_buffs;
+mod m20261129_000004_chat_insert_function;
 
 /// Number of rows the visit totals are spread over, so concurrent visits by
 /// different visitors rarely contend on one row.
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_visitors::Migration),
             Box::new(m20261122_000002_create_chat_messages::Migration),
             Box::new(m20261122_000003_create_buffs::Migration),
+            Box::new(m20261129_000004_chat_insert_function::Migration),
         ]
     }
 }

@@ -11,9 +11,12 @@ use crate::outbox::OutboxTable;
 use crate::storage::{Database, statement};
 use crate::timestamp::now;
 
-/// Serialises inserts per channel on PostgreSQL, so ids commit in order within a
-/// channel and a subscriber never sees id 11 before id 10 (resume relies on it).
-const LOCK_CHANNEL_POSTGRES: &str = "SELECT pg_advisory_xact_lock(hashtext('hubbub-chat:' || $1))";
+/// PostgreSQL: lock the channel and insert in one autocommit call (a function from
+/// migration 000004), so ids commit in order within a channel and a subscriber never
+/// sees id 11 before id 10 (resume relies on it), while the lock is held only for the
+/// statement, not across round trips.
+const INSERT_POSTGRES: &str = "SELECT id, channel, user_name, text, sent_at \
+                               FROM hubbub_chat_insert($1, $2, $3, $4)";
 
 #[derive(Clone)]
 pub struct MessageStore {
@@ -57,23 +60,30 @@ impl MessageStore {
         text: &MessageText,
     ) -> Result<ChatMessage, DbErr> {
         let sent_at = now();
-        let txn = self.db.connection().begin().await?;
+        let values = vec![
+            channel.as_str().into(),
+            user.as_str().into(),
+            text.as_str().into(),
+            sent_at.into(),
+        ];
         if self.db.backend() == DatabaseBackend::Postgres {
-            txn.execute_raw(self.statement(LOCK_CHANNEL_POSTGRES, vec![channel.as_str().into()]))
-                .await?;
+            let row = self
+                .db
+                .connection()
+                .query_one_raw(self.statement(INSERT_POSTGRES, values))
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound("insert returned no row".into()))?;
+            return row_to_message(&row);
         }
+        // SQLite serialises writers itself.
+        let txn = self.db.connection().begin().await?;
         let row = txn
             .query_one_raw(self.statement(
                 &format!(
                     "INSERT INTO chat_messages (channel, user_name, text, sent_at) \
                      VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
                 ),
-                vec![
-                    channel.as_str().into(),
-                    user.as_str().into(),
-                    text.as_str().into(),
-                    sent_at.into(),
-                ],
+                values,
             ))
             .await?
             .ok_or_else(|| DbErr::RecordNotFound("insert returned no row".into()))?;
