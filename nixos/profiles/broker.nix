@@ -34,6 +34,11 @@ in {
   config = lib.mkIf config.hubbub.broker.enable {
     services.mosquitto = {
       enable = true;
+      # Mosquitto drops QoS 1 messages for a subscriber once 1000 are queued for
+      # it (its default). A broadcast process busy with thousands of SSE clients
+      # can fall that far behind under a burst, and a dropped message never
+      # reaches its clients; hold up to 100000 (tens of MB) instead.
+      settings.max_queued_messages = 100000;
       listeners =
         [
           {

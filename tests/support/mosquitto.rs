@@ -55,7 +55,9 @@ impl MosquittoBuilder {
     pub async fn start(self) -> anyhow::Result<Mosquitto> {
         let dir = tempfile::Builder::new().prefix("hubbub-mqtt-").tempdir()?;
         let port = free_port();
-        let mut config = format!("listener {port} 127.0.0.1\npersistence false\n");
+        // As nixos/profiles/broker.nix: queue, not drop, for a subscriber that lags.
+        let mut config =
+            format!("listener {port} 127.0.0.1\npersistence false\nmax_queued_messages 100000\n");
         // Started as root, mosquitto would switch to the `mosquitto` user, which
         // cannot read our temp dir; the broker only ever listens on loopback here.
         // SAFETY: geteuid has no preconditions.
