@@ -99,23 +99,11 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
 
 async fn output(program: &str, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<String> {
     let mut command = tokio::process::Command::new(program);
-    command.args(args).kill_on_drop(true);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command
-        .output()
-        .await
-        .with_context(|| format!("running {program}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "{program} {}: {}\n{stdout}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    support::process::run(command, &format!("{program} {}", args.join(" "))).await
 }
 
 struct Wrk {
@@ -280,27 +268,13 @@ async fn time_to_ready(
 // --- visitors ----------------------------------------------------------------------
 
 /// The visit statement of `src/roles/visitors/store.rs` for pgbench: a random
-/// visitor of a 2^24 space (as wrk's random X-Forwarded-For), the same shard rule.
-const PGBENCH_VISIT: &str = "\
-\\set v random(1, 16777216)
-WITH v AS (
-    INSERT INTO visitors (visitor_id, visits) VALUES (sha256(int8send(:v)), 1)
-    ON CONFLICT (visitor_id) DO UPDATE
-        SET visits = visitors.visits + 1, last_seen = CURRENT_TIMESTAMP
-    RETURNING visits
-), bump AS (
-    UPDATE visit_totals
-       SET visits = visit_totals.visits + 1,
-           visitors = visit_totals.visitors + (SELECT CASE WHEN visits = 1 THEN 1 ELSE 0 END FROM v)
-     WHERE shard = :v % 16
-)
-SELECT v.visits AS visits,
-       CAST(t.visits + 1 AS BIGINT) AS total_visits,
-       CAST(t.visitors + CASE WHEN v.visits = 1 THEN 1 ELSE 0 END AS BIGINT) AS unique_visitors
-  FROM v,
-       (SELECT COALESCE(SUM(visits), 0) AS visits, COALESCE(SUM(visitors), 0) AS visitors
-          FROM visit_totals) AS t;
-";
+/// visitor of a 2^24 space (as wrk's random X-Forwarded-For), spread over the shards.
+fn pgbench_visit_script() -> String {
+    let statement = hubbub::roles::visitors::store::RECORD_POSTGRES
+        .replace("$1", "sha256(int8send(:v))")
+        .replace("$2", &format!(":v % {}", migration::VISIT_TOTAL_SHARDS));
+    format!("\\set v random(1, 16777216)\n{statement};\n")
+}
 
 /// Every request from a random client address, believed because 127.0.0.1 is a
 /// trusted proxy (as behind HAProxy): each one is a visitor of a 2^24 space.
@@ -336,7 +310,7 @@ async fn seed_visitors(stack: &Stack, count: u64) -> anyhow::Result<()> {
 
 async fn pgbench(stack: &Stack, seconds: u64) -> anyhow::Result<(f64, String)> {
     let script = stack.dir.path().join("visit.sql");
-    std::fs::write(&script, PGBENCH_VISIT)?;
+    std::fs::write(&script, pgbench_visit_script())?;
     // Beside the server binary: Debian's /usr/bin/pgbench is a wrapper that wants a
     // client package.
     let bin = std::fs::canonicalize(support::process::find_binary(

@@ -30,7 +30,8 @@ impl Visit {
 /// PostgreSQL: the upsert, the shard bump and the totals in one statement. All parts
 /// share one snapshot, so the sums are read before this visit's own bump and the
 /// visit is added back in.
-const RECORD_POSTGRES: &str = "\
+/// Public so `tests/bench` runs this very statement under pgbench.
+pub const RECORD_POSTGRES: &str = "\
 WITH v AS (
     INSERT INTO visitors (visitor_id, visits) VALUES ($1, 1)
     ON CONFLICT (visitor_id) DO UPDATE
