@@ -385,7 +385,9 @@ async fn errors_are_json_with_the_right_status() {
 /// `curl -I` and uptime monitors: HEAD gets GET's status and headers, no body.
 #[tokio::test]
 async fn head_answers_like_get_without_a_body() {
-    let app = spawn_app("").await.expect("app");
+    let app = spawn_app("[visitors]\nstats_cache_ms = 0\n")
+        .await
+        .expect("app");
     let response = app
         .client
         .head(app.url("/version"))
@@ -399,5 +401,18 @@ async fn head_answers_like_get_without_a_body() {
         "{content_type}"
     );
     assert!(response.bytes().await.expect("body").is_empty());
+    // HEAD on the page answers like the page and counts no visit.
+    let before = stats(&app).await;
+    let page = app.client.head(app.url("/")).send().await.expect("head /");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
+    assert_eq!(stats(&app).await, before, "HEAD recorded a visit");
+    assert_eq!(app.get("/").await.status(), 200);
+    assert_ne!(stats(&app).await, before, "GET records one");
     app.stop().await;
 }

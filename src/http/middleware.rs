@@ -32,6 +32,8 @@ pub struct RequestMeta {
     pub id: String,
     pub client_ip: IpAddr,
     pub peer: SocketAddr,
+    /// Asked with HEAD (routed as GET): answer as GET would, but change nothing.
+    pub head: bool,
 }
 
 /// The role and route template that answered, attached to the response so the
@@ -112,6 +114,7 @@ where
             id,
             client_ip,
             peer: self.peer,
+            head: method == Method::HEAD,
         };
         request.extensions_mut().insert(meta.clone());
 

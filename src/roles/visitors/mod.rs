@@ -118,6 +118,11 @@ impl Visitors {
     }
 
     async fn page(&self, meta: &RequestMeta) -> Response {
+        if meta.head {
+            // Uptime monitors probe with HEAD: the page's headers, and no visit.
+            return warp::reply::with_header(warp::reply::html(""), "cache-control", "no-store")
+                .into_response();
+        }
         let visitor = VisitorId::derive(&self.key, meta.client_ip);
         match self.store.record(&visitor).await {
             Ok(visit) => {
