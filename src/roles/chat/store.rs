@@ -15,8 +15,7 @@ use crate::timestamp::now;
 /// migration 000004), so ids commit in order within a channel and a subscriber never
 /// sees id 11 before id 10 (resume relies on it), while the lock is held only for the
 /// statement, not across round trips.
-const INSERT_POSTGRES: &str = "SELECT id, channel, user_name, text, sent_at \
-                               FROM hubbub_chat_insert($1, $2, $3, $4)";
+const INSERT_POSTGRES: &str = "hubbub_chat_insert($1, $2, $3, $4)";
 
 #[derive(Clone)]
 pub struct MessageStore {
@@ -70,7 +69,9 @@ impl MessageStore {
             let row = self
                 .db
                 .connection()
-                .query_one_raw(self.statement(INSERT_POSTGRES, values))
+                .query_one_raw(
+                    self.statement(&format!("SELECT {COLUMNS} FROM {INSERT_POSTGRES}"), values),
+                )
                 .await?
                 .ok_or_else(|| DbErr::RecordNotFound("insert returned no row".into()))?;
             return row_to_message(&row);
