@@ -15,22 +15,27 @@ pub fn notify_stopping() {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called,
+/// not when the future is first polled: a SIGTERM that arrives right after
+/// `READY=1` must start a graceful shutdown, not kill the process by default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                    _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+                }
             }
-        }
-        _ => {
-            tracing::warn!("cannot install signal handlers; falling back to Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                tracing::warn!("cannot install signal handlers; falling back to Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

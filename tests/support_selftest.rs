@@ -9,6 +9,7 @@ use std::time::Duration;
 use support::mosquitto::{BrokerUser, Mosquitto};
 use support::postgres::Postgres;
 use support::redis::Redis;
+use support::stack::Stack;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -219,4 +220,44 @@ async fn mosquitto_anonymous_acl_and_tls() {
         .await,
         "hello"
     );
+}
+
+/// The e2e topology's start-up on its own (PostgreSQL over TCP, Redis with a
+/// password, Mosquitto with TLS, one process per role, HAProxy over HTTPS): what
+/// `tests/run` also runs from a checkout in a mode-0700 directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_topology_starts_behind_haproxy() {
+    let stack = Stack::start(1).await.expect("the stack starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for path in [
+        "/readyz",
+        "/api/stats",
+        "/api/buffs",
+        "/api/chat/selftest/messages",
+    ] {
+        loop {
+            let status = stack
+                .client
+                .get(stack.url(path))
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            if status.as_ref().is_ok_and(|s| *s == 200) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "GET {path} through HAProxy: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let posted = stack
+        .client
+        .post(stack.url("/api/chat/selftest/messages"))
+        .json(&serde_json::json!({"user": "selftest", "text": "hello"}))
+        .send()
+        .await
+        .expect("post through HAProxy");
+    assert_eq!(posted.status(), 201);
 }

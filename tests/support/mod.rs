@@ -1,5 +1,5 @@
 //! Test support: real throwaway daemons (PostgreSQL, Redis, Mosquitto) on free
-//! loopback ports in temp dirs, stopped on drop, and hubbub itself in-process.
+//! loopback ports in temp dirs the daemons can reach (`scratch`), stopped on drop, and hubbub itself in-process.
 //! The same helpers work on Debian, in `nix develop` and in the Nix build sandbox.
 #![allow(dead_code)]
 
@@ -11,6 +11,7 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod scratch;
 pub mod sse;
 pub mod stack;
 pub mod tls;

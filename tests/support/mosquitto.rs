@@ -53,7 +53,7 @@ impl MosquittoBuilder {
     }
 
     pub async fn start(self) -> anyhow::Result<Mosquitto> {
-        let dir = tempfile::Builder::new().prefix("hubbub-mqtt-").tempdir()?;
+        let dir = super::scratch::tempdir("hubbub-mqtt-")?;
         let port = free_port();
         // As nixos/profiles/broker.nix: queue, not drop, for a subscriber that lags.
         let mut config =

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL server: unix socket and a free TCP port, in a temp dir.
 //!
-//! `initdb` runs once per build (a cached template cluster under the target dir) and
-//! each server starts from a copy, so many tests can each have their own server.
+//! `initdb` runs once (a template cluster cached in the scratch base, see `scratch`)
+//! and each server starts from a copy, so many tests can each have their own server.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +15,7 @@ use super::process::{
     command_as, find_binary, give_to, log_tail, run, spawn_daemon, stop_child, stop_child_blocking,
     unprivileged_user, wait_for_port_closed,
 };
+use super::scratch;
 
 const PG_DIRS: &[&str] = &["/usr/lib/postgresql/*/bin"];
 /// The application role every test database belongs to.
@@ -40,8 +41,15 @@ impl Postgres {
             .context("postgres binary has a directory")?
             .to_path_buf();
         let user = unprivileged_user();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if user.is_none() && unsafe { libc::geteuid() } == 0 {
+            bail!(
+                "test support: PostgreSQL refuses to run as root and no unprivileged user \
+                 (`postgres` or `nobody`) exists to run it; create one (useradd --system postgres)"
+            );
+        }
         let template = template(&bin, user).await?;
-        let dir = tempfile::Builder::new().prefix("hubbub-pg-").tempdir()?;
+        let dir = scratch::tempdir("hubbub-pg-")?;
         let data = dir.path().join("data");
         run(
             {
@@ -198,8 +206,14 @@ async fn template(bin: &Path, user: Option<&'static str>) -> anyhow::Result<Path
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
         .collect();
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let template = cache.join(format!("pg-template-{version}-{}", user.unwrap_or("self")));
+    scratch::reachable()?;
+    let cache = scratch::base();
+    let owner = match user {
+        Some(user) => user.to_owned(),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        None => format!("uid{}", unsafe { libc::getuid() }),
+    };
+    let template = cache.join(format!("hubbub-pg-template-{version}-{owner}"));
     if template.join("PG_VERSION").exists() {
         return Ok(template);
     }
@@ -207,7 +221,7 @@ async fn template(bin: &Path, user: Option<&'static str>) -> anyhow::Result<Path
     // Built under a unique name and renamed into place, so parallel test processes
     // never see half a template; the loser of a race just discards its copy.
     let scratch = tempfile::Builder::new()
-        .prefix("pg-template-")
+        .prefix("hubbub-pg-template-")
         .tempdir_in(&cache)?;
     give_to(user, scratch.path()).await?;
     let data = scratch.path().join("data");

@@ -76,7 +76,10 @@ pub fn command_as(user: Option<&str>, program: &Path) -> Command {
                     "--reset-env",
                     "--",
                 ])
-                .arg(program);
+                .arg(program)
+                // The caller's directory (a checkout in a mode-0700 home, say) may be
+                // closed to that user; PostgreSQL's tools fail when they cannot return to it.
+                .current_dir("/");
             command
         }
         None => Command::new(program),

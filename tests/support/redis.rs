@@ -19,7 +19,7 @@ pub struct Redis {
 impl Redis {
     pub async fn start(password: Option<&str>) -> anyhow::Result<Self> {
         let mut redis = Self {
-            dir: tempfile::Builder::new().prefix("hubbub-redis-").tempdir()?,
+            dir: super::scratch::tempdir("hubbub-redis-")?,
             port: free_port(),
             password: password.map(str::to_owned),
             child: None,

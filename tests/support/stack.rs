@@ -73,7 +73,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(per_role: usize) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("hubbub-e2e-").tempdir()?;
+        let dir = super::scratch::tempdir("hubbub-e2e-")?;
         let postgres = Postgres::start().await?;
         let url = postgres.create_database().await?;
         let database = url.rsplit('/').next().context("database name")?.to_owned();
