@@ -334,3 +334,44 @@ fn notifies_systemd_and_shuts_down_gracefully_on_sigterm() {
         serde_json::from_str(first).expect("HUBBUB_LOG_FORMAT=json gives JSON lines");
     assert!(json.get("level").is_some(), "{first}");
 }
+
+/// systemd may stop a unit the moment it reported `READY=1`: that SIGTERM must
+/// already find the handler (a graceful stop: STOPPING=1, exit 0), not the default
+/// action that kills the process. Repeated, because it is a race.
+#[test]
+fn a_sigterm_right_after_ready_is_a_graceful_stop() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket_path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let child = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["serve", "visitors"])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("STATE_DIRECTORY", dir.path().join("state"))
+            .env("HUBBUB_HTTP__LISTEN", "127.0.0.1:0")
+            .env("HUBBUB_ADMIN__LISTEN", "127.0.0.1:0")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn hubbub");
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("READY=1 within 20 s");
+        assert_eq!(buf[..n].trim_ascii(), b"READY=1");
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let stopping = socket
+            .recv(&mut buf)
+            .map(|n| buf[..n].trim_ascii().to_vec());
+        let output = child.wait_with_output().expect("wait");
+        assert!(
+            output.status.success() && stopping.as_deref().ok() == Some(&b"STOPPING=1"[..]),
+            "round {round}: exit {:?}, notification {stopping:?}",
+            output.status
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! that the daemons' unprivileged user can reach, never under the checkout (which may
 //! sit in a mode-0700 home such as `/root`).
 //!
-//! The base is `$HUBBUB_TEST_TMPDIR`, else the system's temporary directory. Every
+//! The base is `$TEST_SCRATCH_DIR`, else the system's temporary directory. Every
 //! daemon directory is removed when its owner is dropped; the PostgreSQL template
 //! cluster (one `initdb` shared by the test processes of a run) stays in the base as a
 //! cache: `tests/run` points the base at a fresh directory and removes it afterwards.
@@ -18,7 +18,7 @@ use super::process::unprivileged_user;
 
 /// The directory every daemon directory is made in.
 pub fn base() -> PathBuf {
-    std::env::var_os("HUBBUB_TEST_TMPDIR")
+    std::env::var_os("TEST_SCRATCH_DIR")
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
@@ -60,7 +60,7 @@ fn check(user: &str) -> Result<(), String> {
         Ok(status) if status.success() => Ok(()),
         Ok(_) => Err(format!(
             "test support: daemons run as `{user}` (the tests run as root), and `{user}` cannot \
-             enter {}; set HUBBUB_TEST_TMPDIR to a directory it can reach (for example /tmp)",
+             enter {}; set TEST_SCRATCH_DIR to a directory it can reach (for example /tmp)",
             base.display()
         )),
         Err(error) => Err(format!(
