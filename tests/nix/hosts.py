@@ -6,10 +6,13 @@ usage: hosts.py WORK HOST...  (WORK/clean/<host>.json|.err, WORK/<plant>/...)
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 from urllib.parse import urlsplit
 
 work, hosts = sys.argv[1], sys.argv[2:]
+HUBBUB = os.environ.get("HUBBUB_BIN") or ("target/debug/hubbub" if os.path.exists("target/debug/hubbub") else None)
 AGENIX = re.compile(r"/run/agenix/[A-Za-z0-9._-]+")
 recipients = json.load(open(os.path.join(work, "recipients.json")))
 
@@ -36,8 +39,56 @@ def load(directory, names):
     return results, problems
 
 
-def listens(results, address):
-    return [h for h, r in results.items() if r["address"] == address]
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def to_toml(table, prefix=""):
+    """TOML text of a nested dict (what pkgs.formats.toml renders)."""
+    scalars = [f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            name = f"{prefix}.{json.dumps(key)}" if prefix else json.dumps(key)
+            out += f"\n[{name}]\n" + to_toml(value, name)
+    return out
+
+
+checked = {}
+
+
+def check_config(unit, rendered):
+    """hubbub check-config on a unit's rendered TOML, credentials as placeholders
+    (what nixos/modules/hubbub.nix runs at build time); the error or None."""
+    key = json.dumps(rendered, sort_keys=True)
+    if key not in checked:
+        checked[key] = run_check_config(unit, rendered)
+    return checked[key]
+
+
+def run_check_config(unit, rendered):
+    with tempfile.TemporaryDirectory() as tmp:
+        creds = os.path.join(tmp, "creds")
+        os.mkdir(creds)
+        for name in rendered["credentials"]:
+            with open(os.path.join(creds, name), "w") as f:
+                f.write("hubbub-build-time-placeholder-0123456789abcdef\n")
+        path = os.path.join(tmp, f"hubbub-{unit}.toml")
+        with open(path, "w") as f:
+            f.write(to_toml(rendered["settings"]))
+        env = {"PATH": os.environ.get("PATH", ""), "CREDENTIALS_DIRECTORY": creds,
+               "STATE_DIRECTORY": os.path.join(tmp, "state")}
+        done = subprocess.run([HUBBUB, "--config", path, "check-config"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        return None if done.returncode == 0 else done.stderr.strip()
 
 
 def check(results):
@@ -85,6 +136,11 @@ def check(results):
                 problems.append(f"{host}: {what} {detail}: {target}'s firewall does not open {port} to the private network")
 
         hub = r["hubbub"]
+        if hub is not None and HUBBUB:
+            for unit, rendered in sorted(hub["rendered"].items()):
+                error = check_config(unit, rendered)
+                if error:
+                    problems.append(f"{host}: hubbub-{unit}'s configuration: {error}")
         if hub is not None:
             settings = hub["settings"]
             db = (settings.get("database") or {}).get("url")
@@ -135,13 +191,16 @@ def check(results):
 failed = False
 clean, problems = load(os.path.join(work, "clean"), hosts)
 problems += check(clean) if not problems else []
+if not HUBBUB:
+    print("SKIPPED: hubbub check-config of each unit's configuration: no target/debug/hubbub (cargo build) and no HUBBUB_BIN")
 if problems:
     failed = True
     for p in problems:
         print(f"FAIL: {p}")
 else:
     print(f"ok: {len(hosts)} hosts evaluate ({', '.join(hosts)}): no failed assertion, no warning, "
-          "every secret delivered and decryptable, database/cache/broker/journal/HAProxy/Prometheus wiring consistent")
+          + ("every hubbub unit's configuration passes check-config, " if HUBBUB else "")
+          + "every secret delivered and decryptable, database/cache/broker/journal/HAProxy/Prometheus wiring consistent")
 
 for plant in sorted(d for d in os.listdir(work) if d != "clean" and os.path.isdir(os.path.join(work, d))):
     expect = json.load(open(os.path.join(work, plant, "expect.json")))

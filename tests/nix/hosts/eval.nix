@@ -40,6 +40,15 @@
   inherit (eval) config;
 
   hubbub = config.services.hubbub;
+  # The settings each hubbub unit's TOML file is rendered from, as
+  # nixos/modules/hubbub.nix computes them (mkConfigFile): the global settings
+  # for migrate, merged with the role's own for each role; nulls dropped.
+  dropNulls = value:
+    if builtins.isAttrs value
+    then lib.mapAttrs (_: dropNulls) (lib.filterAttrs (_: v: v != null) value)
+    else if builtins.isList value
+    then map dropNulls value
+    else value;
   units = lib.mapAttrs (_: unit: {
     inherit (unit) wants requires after wantedBy environment;
     serviceConfig = lib.filterAttrs (_: v: !(lib.isDerivation v)) unit.serviceConfig;
@@ -58,6 +67,18 @@ in {
     then {
       inherit (hubbub) settings credentials openFirewall ipAddressAllow;
       roles = lib.mapAttrs (_: role: {inherit (role) enable listen adminListen settings credentials;}) hubbub.roles;
+      # unit -> { settings; credentials (names); } for `hubbub check-config`
+      rendered =
+        {
+          migrate = {
+            settings = dropNulls hubbub.settings;
+            credentials = builtins.attrNames hubbub.credentials;
+          };
+        }
+        // lib.mapAttrs (_: role: {
+          settings = dropNulls (lib.recursiveUpdate hubbub.settings role.settings);
+          credentials = builtins.attrNames (hubbub.credentials // role.credentials);
+        }) (lib.filterAttrs (_: role: role.enable) hubbub.roles);
     }
     else null;
   inherit units;

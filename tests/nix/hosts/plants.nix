@@ -20,6 +20,13 @@ in {
     modules = _: [{services.hubbub.roles.chat.listen = 8082;}];
     expect = "services.hubbub.roles.chat.listen' is not of type";
   };
+  # A wrong type inside the freeform settings: the module's TOML type takes
+  # it, hubbub itself does not (Hydra's build runs check-config on it).
+  wrong-setting-type = {
+    hosts = ["app2"];
+    modules = _: [{services.hubbub.settings.database.max_connections = "many";}];
+    expect = "database.max_connections";
+  };
   # A failed assertion of services.hubbub.
   failed-assertion = {
     hosts = ["app2"];
