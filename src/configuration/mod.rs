@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use secret::{REDACTED, Secret};
-pub use service_url::{ServiceUrl, redact_url, redact_urls_in};
+pub use service_url::{ServiceUrl, redact_urls_in};
 
 /// Environment variables with the `HUBBUB_` prefix that are not configuration keys.
 const NON_KEY_VARIABLES: &[&str] = &["CONFIG", "LOG_FORMAT", "BUILD", "COMMIT"];

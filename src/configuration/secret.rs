@@ -43,7 +43,9 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_string(SecretVisitor)
+        // `deserialize_any`: asked for a string, some formats (serde_json) refuse
+        // another type themselves, quoting the value.
+        deserializer.deserialize_any(SecretVisitor)
     }
 }
 

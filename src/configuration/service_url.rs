@@ -51,7 +51,9 @@ impl ServiceUrl {
 
 /// Query parameters whose value is (or points at) a secret. Compared without
 /// regard to case; anything whose name contains one of these is hidden.
-const SECRET_PARAMETERS: &[&str] = &["password", "passwd", "pwd", "secret", "token", "sslkey"];
+const SECRET_PARAMETERS: &[&str] = &[
+    "password", "passwd", "pwd", "secret", "token", "sslkey", "ssl-key",
+];
 
 fn is_secret_parameter(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
@@ -180,7 +182,7 @@ mod tests {
     #[test]
     fn secret_query_parameters_are_redacted() {
         let url = ServiceUrl::parse(
-            "postgres://u@h/db?sslmode=require&password=hunter2&SSLPassword=k3y&sslkey=/run/k.pem&application_name=app",
+            "postgres://u@h/db?sslmode=require&password=hunter2&SSLPassword=k3y&sslkey=/run/k.pem&ssl-key=/run/k2.pem&application_name=app",
         )
         .expect("url");
         assert!(url.has_password());
@@ -189,7 +191,7 @@ mod tests {
             format!("{url:?}"),
             serde_json::to_string(&url).expect("json"),
         ] {
-            for secret in ["hunter2", "k3y", "/run/k.pem", "%2Frun%2Fk.pem"] {
+            for secret in ["hunter2", "k3y", "k.pem", "k2.pem"] {
                 assert!(!shown.contains(secret), "{secret} in {shown}");
             }
             assert!(shown.contains("sslmode=require"), "{shown}");
