@@ -41,8 +41,10 @@
       pkgs = nixpkgs.legacyPackages.${system};
       craneLib = crane.mkLib pkgs;
       hubbub = mkHubbub pkgs;
+      # The checks' tools at the versions tests/run installs (nix/tools.toml).
+      tools = import ./nix/tools.nix {inherit pkgs craneLib;};
       rustAndNixChecks = import ./nix/checks.nix {
-        inherit pkgs craneLib hubbub advisory-db;
+        inherit pkgs craneLib hubbub advisory-db tools;
       };
       vmTests = import ./nixos/tests {inherit pkgs self;};
       serve = pkgs.writeShellApplication {
@@ -73,14 +75,16 @@
           pkgs.mosquitto
           pkgs.haproxy
           pkgs.cargo-nextest
-          pkgs.cargo-deny
-          pkgs.alejandra
-          pkgs.deadnix
+          tools.cargo-audit
+          tools.cargo-deny
+          tools.alejandra
+          tools.deadnix
           agenix.packages.${system}.default
         ];
       };
 
-      formatter = pkgs.alejandra;
+      # The same alejandra as the nix-format check, the dev shell and tests/run.
+      formatter = tools.alejandra;
 
       # Hydra's jobs on this system: the packages, every check (the VM tests
       # included; `hubbub` is already a package) and the closures of the

@@ -2,15 +2,23 @@
 # clippy, rustfmt, the test suite under nextest, rustdoc, cargo-audit against
 # the pinned advisory-db, cargo-deny (deny.toml), and the Nix formatting and
 # dead-code checks. The Rust checks reuse the package's dependency artifacts,
-# so they compile hubbub but never the dependencies again.
+# so they compile hubbub but never the dependencies again. cargo-audit,
+# cargo-deny, alejandra and deadnix are `tools` (nix/tools.nix): the versions of
+# nix/tools.toml, which tests/run installs and runs with the same arguments.
 {
   pkgs,
   craneLib,
   hubbub,
   advisory-db,
+  tools,
 }: let
   inherit (pkgs) lib;
   inherit (hubbub) cargoArtifacts commonArgs;
+
+  # crane's cargoAudit and cargoDeny with our builds of the two tools.
+  craneLibTools = craneLib.overrideScope (_final: _prev: {
+    inherit (tools) cargo-audit cargo-deny;
+  });
 
   # Every .nix file of the repository, for the formatter and deadnix.
   nixFiles = lib.fileset.toSource {
@@ -58,22 +66,24 @@ in {
       cargoDocExtraArgs = "--no-deps --workspace";
     });
 
-  audit = craneLib.cargoAudit {
+  # `cargo audit -n -d <advisory-db> --ignore yanked`; the ignore list is
+  # .cargo/audit.toml (in commonArgs.src: crane keeps every audit.toml).
+  audit = craneLibTools.cargoAudit {
     inherit (commonArgs) src pname version;
     inherit advisory-db;
   };
 
   # bans, licenses and sources (crane's default cargoDenyChecks) per deny.toml.
-  deny = craneLib.cargoDeny {
+  deny = craneLibTools.cargoDeny {
     inherit (commonArgs) src pname version;
   };
 
-  nix-format = pkgs.runCommand "hubbub-nix-format" {nativeBuildInputs = [pkgs.alejandra];} ''
+  nix-format = pkgs.runCommand "hubbub-nix-format" {nativeBuildInputs = [tools.alejandra];} ''
     alejandra --check ${nixFiles}
     touch $out
   '';
 
-  deadnix = pkgs.runCommand "hubbub-deadnix" {nativeBuildInputs = [pkgs.deadnix];} ''
+  deadnix = pkgs.runCommand "hubbub-deadnix" {nativeBuildInputs = [tools.deadnix];} ''
     deadnix --fail ${nixFiles}
     touch $out
   '';

@@ -9,6 +9,13 @@ pub fn notify_ready() {
     }
 }
 
+/// Shows `text` in `systemctl status` (no-op without `NOTIFY_SOCKET`).
+pub fn notify_status(text: &str) {
+    if let Err(error) = sd_notify::notify(&[NotifyState::Status(text)]) {
+        tracing::debug!(%error, "could not send a status to systemd");
+    }
+}
+
 pub fn notify_stopping() {
     if let Err(error) = sd_notify::notify(&[NotifyState::Stopping]) {
         tracing::warn!(%error, "could not notify systemd of shutdown");

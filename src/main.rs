@@ -7,13 +7,16 @@ use anyhow::Context;
 use clap::Parser;
 
 use hubbub::cli::{Cli, Command};
-use hubbub::configuration::{Environment, Settings};
-use hubbub::startup::Application;
-use hubbub::storage::Database;
+use hubbub::configuration::{Environment, Settings, redact_urls_in};
+use hubbub::startup::{Application, StartupError};
+use hubbub::storage::{Database, StorageError};
 use hubbub::{lifecycle, telemetry};
 
 /// Exit status for an invalid configuration (distinct from runtime failures).
 const EXIT_CONFIG: u8 = 2;
+/// Exit status when the database did not come up within `database.startup_wait_secs`
+/// (EX_TEMPFAIL): trying again later may succeed, so systemd restarts on it.
+const EXIT_DATABASE_UNREACHABLE: u8 = 75;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,9 +57,24 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, settings, env)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("hubbub: {error:#}");
-            ExitCode::FAILURE
+            // Library errors may quote a URL they were given, password and all.
+            let message = redact_urls_in(&format!("{error:#}"));
+            tracing::error!("{message}");
+            eprintln!("hubbub: {message}");
+            let unreachable = error.chain().any(|cause| {
+                let storage = cause.downcast_ref::<StorageError>().or_else(|| {
+                    match cause.downcast_ref::<StartupError>() {
+                        Some(StartupError::Storage(storage)) => Some(storage),
+                        _ => None,
+                    }
+                });
+                matches!(storage, Some(StorageError::Unreachable { .. }))
+            });
+            if unreachable {
+                ExitCode::from(EXIT_DATABASE_UNREACHABLE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -71,7 +89,7 @@ async fn run(command: Command, settings: Settings, env: Environment) -> anyhow::
             Ok(())
         }
         Command::Migrate { status } => {
-            let db = Database::connect(&settings, &env)
+            let db = Database::connect_waiting(&settings, &env, lifecycle::notify_status)
                 .await
                 .context("connecting to the database")?;
             if status {

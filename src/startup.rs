@@ -78,7 +78,7 @@ impl Application {
         };
 
         let metrics = Metrics::new()?;
-        let db = Database::connect(&settings, &env).await?;
+        let db = Database::connect_waiting(&settings, &env, lifecycle::notify_status).await?;
         if settings.database.migrate_on_start {
             db.migrate().await?;
         }

@@ -375,3 +375,135 @@ fn a_sigterm_right_after_ready_is_a_graceful_stop() {
         );
     }
 }
+
+/// A secret set in the environment is taken as the text it is, whatever it looks
+/// like; a secret of the wrong type in the file is refused without showing it.
+#[test]
+fn secrets_of_any_type_never_appear_in_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // figment would read these as a number, a boolean, a list: here they are text.
+    for (key, value) in [
+        ("HUBBUB_DATABASE__PASSWORD", "84729110"),
+        ("HUBBUB_REDIS__PASSWORD", "true"),
+        ("HUBBUB_VISITORS__SALT", "[84729110]"),
+        ("HUBBUB_BUFFS__ADMIN_TOKEN", "{a = 84729110}"),
+    ] {
+        let output = hubbub(
+            dir.path(),
+            &["check-config"],
+            &[
+                (key, value),
+                ("HUBBUB_DATABASE__URL", "postgres://hubbub@db/hubbub"),
+                ("HUBBUB_REDIS__URL", "redis://cache:6379"),
+            ],
+        );
+        let shown = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(output.status.success(), "{key}={value}: {shown}");
+        assert!(!shown.contains("84729110"), "{key}={value}: {shown}");
+    }
+    // The exact text: `007` stays `007` (figment alone makes it the number 7).
+    let output = hubbub(
+        dir.path(),
+        &["check-config"],
+        &[
+            ("HUBBUB_MQTT__URL", "mqtt://broker:1883"),
+            ("HUBBUB_MQTT__USERNAME", "007"),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        toml_value(&stdout(&output), "mqtt", "username").as_deref(),
+        Some("007")
+    );
+
+    for (toml, key) in [
+        ("[database]\npassword = 84729110\n", "database.password"),
+        ("[visitors]\nsalt = 84729110.5\n", "visitors.salt"),
+        (
+            "[buffs]\nadmin_token = [\"84729110\"]\n",
+            "buffs.admin_token",
+        ),
+        ("[mqtt]\npassword = { v = \"84729110\" }\n", "mqtt.password"),
+        ("[redis]\nurl = 84729110\n", "redis.url"),
+    ] {
+        let config = dir.path().join("typed.toml");
+        std::fs::write(&config, toml).expect("write");
+        let output = hubbub(
+            dir.path(),
+            &["--config", config.to_str().expect("path"), "check-config"],
+            &[],
+        );
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(key), "{toml}: {err}");
+        assert!(!err.contains("84729110"), "{toml}: {err}");
+    }
+}
+
+/// Passwords in URLs (userinfo and query) are hidden by check-config, and a
+/// parameter the driver would log with its value is refused by name.
+#[test]
+fn passwords_in_url_queries_are_redacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = hubbub(
+        dir.path(),
+        &["check-config"],
+        &[(
+            "HUBBUB_DATABASE__URL",
+            "postgres://u@h/db?password=hunter2&sslkey=/run/keys/client.key&sslmode=require",
+        )],
+    );
+    let text = stdout(&output);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let url = toml_value(&text, "database", "url").expect("database.url");
+    assert!(
+        !text.contains("hunter2") && !text.contains("client.key"),
+        "{text}"
+    );
+    assert!(
+        url.contains("sslmode=require") && url.contains("redacted"),
+        "{url}"
+    );
+
+    let output = hubbub(
+        dir.path(),
+        &["check-config"],
+        &[(
+            "HUBBUB_DATABASE__URL",
+            "postgres://u@h/db?sslpassword=hunter2",
+        )],
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sslpassword") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
+
+/// What `migrate` logs and prints while it cannot reach PostgreSQL, with the
+/// password in the URL's userinfo and in its query: never the password.
+#[test]
+fn database_errors_never_show_the_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    for url in [
+        format!("postgres://hubbub:hunter2@127.0.0.1:{port}/hubbub"),
+        format!("postgres://hubbub@127.0.0.1:{port}/hubbub?password=hunter2"),
+    ] {
+        let output = hubbub(
+            dir.path(),
+            &["migrate"],
+            &[
+                ("HUBBUB_DATABASE__URL", &url),
+                ("HUBBUB_DATABASE__STARTUP_WAIT_SECS", "1"),
+                ("HUBBUB_DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+                ("RUST_LOG", "trace"),
+            ],
+        );
+        let shown = format!("{}{}", stdout(&output), stderr(&output));
+        assert_eq!(output.status.code(), Some(75), "{shown}");
+        assert!(shown.contains("waiting for the database"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -10,7 +10,6 @@
 }: let
   inherit (nixpkgs) lib;
   inventory = import ../lib/inventory.nix;
-  modules = import ../modules;
 
   mkHost = {
     name,
@@ -19,20 +18,16 @@
   }:
     lib.nixosSystem {
       modules =
-        [
-          agenix.nixosModules.default
-          ./common.nix
+        import ./modules.nix {
+          agenixModule = agenix.nixosModules.default;
+          inherit name inventory;
+        }
+        ++ [
           {
             nixpkgs.hostPlatform = system;
             nixpkgs.overlays = [self.overlays.default];
-            hubbub.deployment = {
-              inherit inventory;
-              host = name;
-            };
           }
-        ]
-        ++ lib.attrValues (removeAttrs modules ["ci"])
-        ++ lib.optional (lib.elem "ci" inventory.hosts.${name}.services) modules.ci;
+        ];
     };
 in
   lib.mapAttrs (name: _: mkHost {inherit name inventory;}) inventory.hosts

@@ -34,7 +34,9 @@ if [ "${1:-}" = "--list" ]; then
   exit 0
 fi
 
-[ $# -ge 2 ] && [ $# -le 3 ] || usage
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+  usage
+fi
 dump=$1
 target=$2
 replace=0

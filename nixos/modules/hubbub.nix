@@ -1,6 +1,11 @@
 # services.hubbub: one systemd unit per role (`hubbub-<role>.service`) plus a
 # `hubbub-migrate.service` oneshot that every role requires and follows.
 #
+# Boot in any order: migrate (and serve) wait for the database up to
+# database.startup_wait_secs; past that migrate exits 75 and systemd starts it
+# again while the roles' start jobs wait, so the roles start exactly when the
+# migrations have run, however late the database host comes up.
+#
 # Secrets never enter the Nix store: `credentials` maps a credential name to a
 # path outside the store (for example an agenix secret under /run/agenix),
 # systemd passes it with LoadCredential=, and every `*_file` setting names the
@@ -146,6 +151,9 @@
     };
 
   stopTimeout = (cfg.settings.shutdown_timeout_secs or 10) + 5;
+  # `serve` waits up to database.startup_wait_secs for the database before it
+  # tells systemd it is ready: the start timeout must not cut that short.
+  startTimeout = cfg.settings.database.startup_wait_secs + 60;
 
   roleUnit = name: role: {
     name = "hubbub-${name}";
@@ -169,6 +177,7 @@
           ExecStart = "${exe} --config ${roleConfigFile name} serve ${name}";
           Restart = "on-failure";
           RestartSec = "2s";
+          TimeoutStartSec = "${toString startTimeout}s";
           TimeoutStopSec = "${toString stopTimeout}s";
         };
     };
@@ -252,6 +261,16 @@ in {
               (remote, with `database.password_file`).
             '';
             password_file = nullOrStr "Credential name holding the database password (remote PostgreSQL only).";
+            startup_wait_secs = mkOption {
+              type = types.ints.unsigned;
+              default = 300;
+              description = ''
+                How long `hubbub migrate` and `hubbub serve` wait at start for
+                the database to accept a connection (retrying with backoff)
+                before they exit with status 75; hubbub-migrate.service is then
+                started again, so a cluster converges whichever host boots first.
+              '';
+            };
             migrate_on_start = mkOption {
               type = types.bool;
               default = false;
@@ -428,8 +447,16 @@ in {
             // {
               Type = "oneshot";
               RemainAfterExit = true;
+              # Its "waiting for the database" status shows in systemctl status.
+              NotifyAccess = "main";
               LoadCredential = loadCredentials cfg.credentials;
               ExecStart = "${exe} --config ${migrateConfigFile} migrate";
+              # Exit 75: the database did not answer within startup_wait_secs.
+              # Start again (the roles' start jobs keep waiting meanwhile);
+              # a configuration error (2) or a failed migration (1) is final.
+              Restart = "on-failure";
+              RestartSec = "10s";
+              RestartPreventExitStatus = [1 2];
             };
         };
       }

@@ -76,7 +76,9 @@ in {
 
       settings = {
         http.trusted_proxies = proxyAddresses;
-        database =
+        # Without a database, cache or broker host the assertion above says
+        # so; the URLs are left unset rather than failing on a null host.
+        database = lib.mkIf (view.databaseHost != null) (
           if databaseLocal
           then {
             # Unix socket, peer authentication as the OS user `hubbub`
@@ -86,8 +88,9 @@ in {
           else {
             url = "postgres://hubbub@${view.addressOf view.databaseHost}:${toString ports.postgres}/hubbub";
             password_file = "db-password";
-          };
-        redis = {
+          }
+        );
+        redis = lib.mkIf (view.cacheHost != null) {
           url = "redis://${
             if cacheLocal
             then "127.0.0.1"
@@ -95,7 +98,7 @@ in {
           }:${toString ports.redis}";
           password_file = "redis-password";
         };
-        mqtt = lib.mkIf (brokerRoles != []) (
+        mqtt = lib.mkIf (brokerRoles != [] && view.brokerHost != null) (
           if brokerLocal
           then {url = "mqtt://127.0.0.1:${toString ports.mqtt}";}
           else {
@@ -108,7 +111,7 @@ in {
       };
 
       credentials = lib.mkMerge [
-        {redis-password = secretPath "redis-password";}
+        (lib.mkIf (view.cacheHost != null) {redis-password = secretPath "redis-password";})
         (lib.mkIf (!databaseLocal) {db-password = secretPath "db-hubbub-password";})
       ];
     };

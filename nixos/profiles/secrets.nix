@@ -5,9 +5,9 @@
 # Decrypted secrets land in /run/agenix/<name> (a ramfs). Consumers that run
 # with DynamicUser (hubbub, PostgreSQL setup, Alertmanager) get them through
 # systemd LoadCredential=/EnvironmentFile=, read by systemd as root, so those
-# stay root:root 0400; static users (mosquitto, grafana,
-# systemd-journal-remote) own their files; journal-upload (DynamicUser in the
-# systemd-journal group) reads its key through the group.
+# stay root:root 0400, as does the journal gateway's key (LoadCredential=);
+# static users (mosquitto, grafana) own their files; journal-upload
+# (DynamicUser in the systemd-journal group) reads its key through the group.
 {
   config,
   lib,
@@ -57,8 +57,9 @@
       (secret "grafana-secret-key" {owner = "grafana";})
     ])
     # logging
+    # the journal gateway's TLS key, read by systemd (LoadCredential=)
     (lib.optional (isLogHost && lib.length (lib.attrNames view.inventory.hosts) > 1)
-      (secret "journal-remote-key" {owner = "systemd-journal-remote";}))
+      (secret "journal-remote-key" {}))
     (lib.optional shipsJournal (secret "journal-upload-${view.name}-key" {
       group = "systemd-journal";
       mode = "0440";

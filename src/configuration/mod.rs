@@ -9,16 +9,68 @@ mod service_url;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
+use figment::error::{Actual, Kind};
 use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use secret::{REDACTED, Secret};
-pub use service_url::ServiceUrl;
+pub use service_url::{ServiceUrl, redact_urls_in};
 
 /// Environment variables with the `HUBBUB_` prefix that are not configuration keys.
 const NON_KEY_VARIABLES: &[&str] = &["CONFIG", "LOG_FORMAT", "BUILD", "COMMIT"];
+
+/// Keys holding a secret: an error about one never shows the value.
+const SECRET_KEYS: &[&str] = &[
+    "database.password",
+    "redis.password",
+    "mqtt.password",
+    "visitors.salt",
+    "buffs.admin_token",
+];
+
+/// Keys whose value may carry a password (in the userinfo or the query).
+const URL_KEYS: &[&str] = &["database.url", "redis.url", "mqtt.url"];
+
+/// The query parameters of a `postgres://` URL that the driver (sqlx) understands.
+const POSTGRES_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Keys whose `HUBBUB_*` variable is taken as the exact text it holds. figment reads
+/// environment values as typed (`84729110` becomes a number, `007` the number 7,
+/// `true` a boolean, `[a]` a list), which would change a password, or refuse it
+/// with an error quoting it.
+const TEXT_KEYS: &[&str] = &[
+    "database.password",
+    "redis.password",
+    "mqtt.password",
+    "visitors.salt",
+    "buffs.admin_token",
+    "database.url",
+    "redis.url",
+    "mqtt.url",
+    "mqtt.username",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -135,6 +187,9 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a request waits for a database connection before answering 503.
     pub acquire_timeout_ms: u64,
+    /// How long `migrate` and `serve` wait at start for the database to accept a
+    /// connection, retrying with backoff, before they give up (0: try once).
+    pub startup_wait_secs: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -146,6 +201,7 @@ impl Default for DatabaseSettings {
             migrate_on_start: true,
             max_connections: 16,
             acquire_timeout_ms: 3000,
+            startup_wait_secs: 300,
         }
     }
 }
@@ -301,11 +357,19 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(
-            Env::prefixed("HUBBUB_")
-                .ignore(NON_KEY_VARIABLES)
-                .split("__"),
+        let variables = Env::prefixed("HUBBUB_")
+            .ignore(NON_KEY_VARIABLES)
+            .split("__");
+        let text = TextVariables(
+            variables
+                .iter()
+                .filter(|(key, _)| TEXT_KEYS.contains(&key.as_str()))
+                .map(|(key, value)| (key.as_str().to_owned(), value))
+                .collect(),
         );
+        figment = figment
+            .merge(variables.filter(|key| !TEXT_KEYS.contains(&key.as_str())))
+            .merge(text);
         Self::from_figment(figment, env)
     }
 
@@ -317,10 +381,13 @@ impl Settings {
     fn from_figment(figment: Figment, env: &Environment) -> Result<Self, ConfigError> {
         let mut settings: Settings = figment.extract().map_err(|error| {
             let key = (!error.path.is_empty()).then(|| error.path.join("."));
-            ConfigError::Invalid {
-                key,
-                message: error.to_string(),
-            }
+            let message = match key.as_deref() {
+                Some(key) if SECRET_KEYS.contains(&key) || URL_KEYS.contains(&key) => {
+                    without_value(&error)
+                }
+                _ => error.to_string(),
+            };
+            ConfigError::Invalid { key, message }
         })?;
         settings.read_secret_files(env)?;
         settings.validate()?;
@@ -374,6 +441,21 @@ impl Settings {
                         format!("scheme `{other}` is not supported; use postgres:// or sqlite://"),
                     ));
                 }
+            }
+            if url.scheme().starts_with("postgres")
+                && let Some((name, _)) = url
+                    .url()
+                    .query_pairs()
+                    .find(|(name, _)| !POSTGRES_PARAMETERS.contains(&name.as_ref()))
+            {
+                // sqlx would log the parameter's value (a `sslpassword`, say) and ignore it.
+                return Err(ConfigError::invalid(
+                    "database.url",
+                    format!(
+                        "unknown connection parameter `{name}` (known: {})",
+                        POSTGRES_PARAMETERS.join(", ")
+                    ),
+                ));
             }
             if url.has_password() && self.database.password.is_some() {
                 return Err(ConfigError::invalid(
@@ -470,6 +552,73 @@ impl Settings {
             ),
         }
     }
+}
+
+/// `HUBBUB_*` variables of [`TEXT_KEYS`], as strings exactly as they were set.
+struct TextVariables(Vec<(String, String)>);
+
+impl Provider for TextVariables {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`HUBBUB_` environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value) in &self.0 {
+            insert_nested(&mut dict, key, Value::from(value.clone()));
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Puts `value` at the dotted `key` of `dict`, creating the tables on the way.
+fn insert_nested(dict: &mut Dict, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => {
+            dict.insert(key.to_owned(), value);
+        }
+        Some((table, rest)) => {
+            let entry = dict
+                .entry(table.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_nested(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// What went wrong with a secret (or a URL that may hold one), and where it was
+/// set, without the value: figment's own messages quote it (`found unsigned int
+/// `84729110``).
+fn without_value(error: &figment::Error) -> String {
+    let kind = |actual: &Actual| match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a number",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "a value of another type",
+    };
+    let what = match &error.kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("expected {expected}, found {}", kind(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid {}, expected {expected}", kind(actual))
+        }
+        // Our own deserializers (Secret, ServiceUrl) never quote the value.
+        Kind::Message(message) => message.clone(),
+        _ => "invalid value".to_owned(),
+    };
+    let source = error
+        .metadata
+        .as_ref()
+        .map(|metadata| format!(" (set in {})", metadata.name))
+        .unwrap_or_default();
+    format!("{what}{source}; the value is not shown")
 }
 
 /// Fills `value` from `file` when only the file is given; both at once is an error.

@@ -1,4 +1,6 @@
-//! URLs of backing services, which may carry a password that must never be shown.
+//! URLs of backing services, which may carry a password that must never be shown:
+//! in the userinfo (`postgres://user:PASSWORD@host`) or in the query
+//! (`?password=…`, `?sslpassword=…`, `?sslkey=…`, as libpq and sqlx accept them).
 
 use std::fmt;
 
@@ -25,8 +27,13 @@ impl ServiceUrl {
         &self.0
     }
 
+    /// Whether the URL carries a password, in its userinfo or as a query parameter.
     pub fn has_password(&self) -> bool {
         self.0.password().is_some()
+            || self
+                .0
+                .query_pairs()
+                .any(|(name, _)| name.eq_ignore_ascii_case("password"))
     }
 
     /// The URL with `password` set, for handing to a client library.
@@ -38,12 +45,97 @@ impl ServiceUrl {
     }
 
     fn redacted(&self) -> String {
-        let mut shown = self.0.clone();
-        if shown.password().is_some() {
-            // Setting a password only fails for URLs that cannot have one, and this one has one.
-            let _ = shown.set_password(Some(REDACTED));
+        redact_url(&self.0)
+    }
+}
+
+/// Query parameters whose value is (or points at) a secret. Compared without
+/// regard to case; anything whose name contains one of these is hidden.
+const SECRET_PARAMETERS: &[&str] = &[
+    "password", "passwd", "pwd", "secret", "token", "sslkey", "ssl-key",
+];
+
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMETERS.iter().any(|secret| name.contains(secret))
+}
+
+/// `url` as text with the password of its userinfo and the value of every secret
+/// query parameter replaced by `<redacted>`.
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Setting a password only fails for URLs that cannot have one, and this one has one.
+        let _ = shown.set_password(Some(REDACTED));
+    }
+    if shown
+        .query_pairs()
+        .any(|(name, _)| is_secret_parameter(&name))
+    {
+        let pairs: Vec<(String, String)> = shown
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_secret_parameter(&name) {
+                    REDACTED.to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    shown.to_string()
+}
+
+/// `text` with every URL in it (`scheme://…`, up to the next blank or quote)
+/// passed through [`redact_url`]: for messages of other libraries (connection
+/// errors, for instance) that may quote the URL they were given.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = rest.find("://") {
+        // The scheme: the letters, digits, `+`, `-` and `.` right before `://`.
+        let scheme_start = rest[..found]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[found..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .map_or(rest.len(), |i| found + i);
+        out.push_str(&rest[..scheme_start]);
+        let candidate = &rest[scheme_start..end];
+        match Url::parse(candidate) {
+            Ok(url) if scheme_start < found => out.push_str(&redact_url(&url)),
+            // Not a URL after all: keep it, but never a userinfo password.
+            _ => out.push_str(&redact_userinfo(candidate)),
         }
-        shown.to_string()
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `scheme://user:password@…` with the password hidden, for text that does not
+/// parse as a URL.
+fn redact_userinfo(candidate: &str) -> String {
+    let Some(authority_start) = candidate.find("://").map(|i| i + 3) else {
+        return candidate.to_owned();
+    };
+    let authority_end = candidate[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(candidate.len(), |i| authority_start + i);
+    let authority = &candidate[authority_start..authority_end];
+    match authority.rfind('@') {
+        Some(at) if authority[..at].contains(':') => {
+            let colon = authority[..at].find(':').unwrap_or(at);
+            format!(
+                "{}{}:{REDACTED}{}",
+                &candidate[..authority_start],
+                &authority[..colon],
+                &candidate[authority_start + at..]
+            )
+        }
+        _ => candidate.to_owned(),
     }
 }
 
@@ -85,6 +177,39 @@ mod tests {
             assert!(shown.contains("hubbub:%3Credacted%3E@db") || shown.contains(REDACTED));
         }
         assert!(url.has_password());
+    }
+
+    #[test]
+    fn secret_query_parameters_are_redacted() {
+        let url = ServiceUrl::parse(
+            "postgres://u@h/db?sslmode=require&password=hunter2&SSLPassword=k3y&sslkey=/run/k.pem&ssl-key=/run/k2.pem&application_name=app",
+        )
+        .expect("url");
+        assert!(url.has_password());
+        for shown in [
+            url.to_string(),
+            format!("{url:?}"),
+            serde_json::to_string(&url).expect("json"),
+        ] {
+            for secret in ["hunter2", "k3y", "k.pem", "k2.pem"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("sslmode=require"), "{shown}");
+            assert!(shown.contains("application_name=app"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn urls_inside_messages_are_redacted() {
+        let text = "error connecting to postgres://u:hunter2@db:5432/x?sslpassword=k3y: refused; \
+                    and redis://:r3dis@cache:6379, and weird://a:b@[bad, plain text";
+        let shown = redact_urls_in(text);
+        for secret in ["hunter2", "k3y", "r3dis", ":b@"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("refused; and"), "{shown}");
+        assert!(shown.ends_with("plain text"), "{shown}");
+        assert_eq!(redact_urls_in("no urls here"), "no urls here");
     }
 
     #[test]

@@ -4,9 +4,15 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection, DbErr, Statement, Value};
+use tokio::time::Instant;
 
-use crate::configuration::{Environment, Settings};
+use crate::configuration::{Environment, Settings, redact_urls_in};
 use crate::http::ApiError;
+
+/// The first pause between two connection attempts at start; it doubles up to
+/// [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -17,8 +23,17 @@ pub enum StorageError {
     },
     #[error("database.password: {0}")]
     Password(String),
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database: {}", redact_urls_in(&.0.to_string()))]
     Connect(#[source] DbErr),
+    #[error(
+        "the database did not accept a connection within {waited_secs} s \
+         (database.startup_wait_secs; {attempts} attempts); the last error: {last_error}"
+    )]
+    Unreachable {
+        waited_secs: u64,
+        attempts: u32,
+        last_error: String,
+    },
     #[error("migrating the database failed: {0}")]
     Migrate(#[source] DbErr),
 }
@@ -66,6 +81,70 @@ impl Database {
             .await
             .map_err(StorageError::Connect)?;
         Ok(Self { connection })
+    }
+
+    /// [`Database::connect`], retried with backoff (250 ms doubling up to 10 s)
+    /// while PostgreSQL does not accept the connection, for up to
+    /// `database.startup_wait_secs`: a cold cluster boots in any order, and an app
+    /// host that comes up before its database waits for it instead of failing.
+    /// Every failed attempt is logged and handed to `on_retry` (which may tell
+    /// systemd); past the deadline the error is [`StorageError::Unreachable`].
+    /// SQLite is local and is tried once.
+    pub async fn connect_waiting(
+        settings: &Settings,
+        env: &Environment,
+        mut on_retry: impl FnMut(&str),
+    ) -> Result<Self, StorageError> {
+        let postgres = settings
+            .database
+            .url
+            .as_ref()
+            .is_some_and(|url| url.scheme().starts_with("postgres"));
+        let wait = Duration::from_secs(settings.database.startup_wait_secs);
+        let started = Instant::now();
+        let deadline = started + wait;
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut attempts: u32 = 0;
+        loop {
+            attempts = attempts.saturating_add(1);
+            let error = match Self::connect(settings, env).await {
+                Ok(database) => {
+                    if attempts > 1 {
+                        tracing::info!(
+                            attempts,
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "the database accepts connections"
+                        );
+                    }
+                    return Ok(database);
+                }
+                Err(StorageError::Connect(error)) if postgres => error,
+                Err(other) => return Err(other),
+            };
+            let last_error = redact_urls_in(&error.to_string());
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StorageError::Unreachable {
+                    waited_secs: wait.as_secs(),
+                    attempts,
+                    last_error,
+                });
+            }
+            let pause = delay.min(deadline - now);
+            tracing::warn!(
+                error = %last_error,
+                attempt = attempts,
+                retry_in_ms = pause.as_millis() as u64,
+                gives_up_in_s = (deadline - now).as_secs(),
+                "waiting for the database"
+            );
+            on_retry(&format!(
+                "waiting for the database (attempt {attempts}, giving up in {} s): {last_error}",
+                (deadline - now).as_secs()
+            ));
+            tokio::time::sleep(pause).await;
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
     }
 
     pub fn connection(&self) -> &DatabaseConnection {

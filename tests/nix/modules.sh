@@ -228,10 +228,26 @@ else
   [ "$(id -u)" = 0 ] && chown postgres "$work/sock" "$work/backup"
   export PGHOST=$work/sock PGPORT=55437 PGUSER=postgres
   restore=$work/hubbub-db-restore
-  # What writeShellApplication makes of the script: bash with errexit, nounset, pipefail.
-  printf '#!/usr/bin/env bash\nset -o errexit -o nounset -o pipefail\n' >"$restore"
-  cat nixos/modules/hubbub-db-restore.sh >>"$restore"
+  # What writeShellApplication makes of the script (nixos/profiles/database.nix):
+  # bash with errexit, nounset, pipefail, then the text, which starts with the
+  # HUBBUB_BACKUP_DIR default.
+  {
+    printf '#!/usr/bin/env bash\nset -o errexit\nset -o nounset\nset -o pipefail\n'
+    printf 'export HUBBUB_BACKUP_DIR="${HUBBUB_BACKUP_DIR:-/var/backup/postgresql}"\n'
+    cat nixos/modules/hubbub-db-restore.sh
+  } >"$restore"
   chmod 755 "$restore"
+  # writeShellApplication fails the build on any ShellCheck finding (plain
+  # `shellcheck FILE`, every severity). Debian 12's ShellCheck 0.9 is older and
+  # stricter than nixpkgs' (SC2015 on `a && b || c`): clean under both.
+  if ! command -v shellcheck >/dev/null; then
+    bad "shellcheck is not installed (apt-get install shellcheck; tests/run does)"
+  elif out=$(shellcheck "$restore" 2>&1); then
+    ok "hubbub-db-restore is clean under ShellCheck $(shellcheck --version | sed -n 's/^version: //p'), as writeShellApplication requires"
+  else
+    bad "ShellCheck findings in nixos/modules/hubbub-db-restore.sh (writeShellApplication would fail the build):"
+    printf '%s\n' "$out" | sed 's/^/  /'
+  fi
   if pg_run "$pg_bin/initdb" -D "$pg_data" -U postgres -A trust >/dev/null 2>&1 &&
     pg_run "$pg_bin/pg_ctl" -D "$pg_data" -o "-k $work/sock -h '' -p $PGPORT" -l "$work/pg.log" -w start >/dev/null 2>&1; then
     psql_run() { pg_run env PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=postgres psql -X -v ON_ERROR_STOP=1 -tA "$@"; }

@@ -30,9 +30,21 @@ need() {
   }
 }
 need nix-instantiate "apt-get install nix-bin"
-need alejandra "cargo install --locked --path tools/alejandra"
-need deadnix "cargo install --locked deadnix"
+need cargo "rustup or the distribution's cargo"
+need deadnix "cargo install --locked deadnix@<nix/tools.toml>"
 need python3 "apt-get install python3"
+
+# The formatter the flake's `formatter`, `nix-format` check and dev shell use:
+# tools/alejandra, built from this source (and its Cargo.lock) right here.
+alejandra() {
+  cargo run --quiet --locked --release --manifest-path tools/alejandra/Cargo.toml -- "$@"
+}
+deadnix_want=$(python3 -c 'import tomllib; print(tomllib.load(open("nix/tools.toml", "rb"))["deadnix"]["version"])')
+if [ "$(deadnix --version)" = "deadnix $deadnix_want" ]; then
+  ok "deadnix $deadnix_want, the version the flake's deadnix check builds (nix/tools.toml)"
+else
+  bad "$(deadnix --version), but the flake's deadnix check runs $deadnix_want: cargo install --locked deadnix@$deadnix_want"
+fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -1,6 +1,6 @@
-//! `alejandra [--check] [--quiet] PATH...`: formats `.nix` files in place, or with
+//! `alejandra [--check] [--quiet] [PATH...]`: formats `.nix` files in place, or with
 //! `--check` lists the ones that are not formatted and exits 2. Directories are
-//! walked for `*.nix`.
+//! walked for `*.nix`; no PATH means the current directory.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,9 +35,9 @@ fn main() -> ExitCode {
             _ => roots.push(PathBuf::from(arg)),
         }
     }
+    // `nix fmt` without arguments passes none (newer Nix) or `.` (older Nix).
     if roots.is_empty() {
-        eprintln!("usage: alejandra [--check] [--quiet] PATH...");
-        return ExitCode::from(1);
+        roots.push(PathBuf::from("."));
     }
     let mut files = Vec::new();
     for root in &roots {
