@@ -10,6 +10,24 @@
   privateInterface = "eth1";
   privateNetwork = "10.42.0.0/24";
 
+  # How HAProxy finds the app instances: the DNS name <role>.<domain> has one
+  # A record per instance running that role, on the role's port of the plan
+  # below (nixos/lib/discovery.nix). With source "inventory", dnsmasq on the
+  # proxy host answers from `hosts`; in the cloud (nixos/hosts/cloud.nix)
+  # every instance registers itself in AWS Cloud Map at boot and deregisters
+  # at shutdown, and the VPC resolver answers.
+  discovery = {
+    domain = "hubbub.internal";
+    source = "inventory";
+    nameserver = "127.0.0.1:53";
+    # HAProxy server slots per role: the most instances of one role at once.
+    maxInstances = 10;
+    # How long HAProxy keeps an address that DNS answers no longer list.
+    # A stopping instance deregisters, then keeps serving this long plus one
+    # resolution interval before it stops (nixos/profiles/cloud-app.nix).
+    holdObsolete = "5s";
+  };
+
   # Port plan, shared by every host.
   ports = {
     public = {
