@@ -117,7 +117,6 @@
     then "443"
     else builtins.head m;
 
-
   tooMany = what: ''status 429 content-type text/plain string "too many ${what}" hdr Retry-After 10'';
 
   # Health checks, shared by every pool: GET /readyz must answer 200 (ready or
