@@ -56,6 +56,61 @@
     journalRemote = 19532;
   };
 
+  # The same topology on AWS (nixos/hosts/cloud.nix derives its inventory,
+  # nixos/lib/opentofu.nix renders the infrastructure; docs/cloud.md). The
+  # hosts with services become instances at their private address above; the
+  # app hosts (roles only) become one autoscaling group whose instances boot the
+  # NixOS image of nixosConfigurations.cloud-app and register in Cloud Map.
+  cloud = {
+    region = "eu-central-1";
+    # ENA network interface of Nitro instances (predictable name).
+    privateInterface = "ens5";
+    vpcNetwork = "10.42.0.0/16";
+    # Both inside privateNetwork, so the firewall rules stay the same.
+    hostSubnet = {
+      cidr = "10.42.0.0/26";
+      zone = "eu-central-1a";
+    };
+    appSubnets = [
+      {
+        cidr = "10.42.0.128/26";
+        zone = "eu-central-1a";
+      }
+      {
+        cidr = "10.42.0.192/26";
+        zone = "eu-central-1b";
+      }
+    ];
+    # The Route 53 Resolver of the VPC: answers the Cloud Map namespace.
+    nameserver = "169.254.169.253:53";
+    # Cloud Map answers with at most 8 of the registered addresses, picked at
+    # random: HAProxy keeps an address it has not seen for 30 s.
+    holdObsolete = "30s";
+    instanceTypes = {
+      lb = "t3.small";
+      data = "m6i.large";
+      monitor = "t3.medium";
+      ci = "m6i.xlarge";
+      app = "c6i.large";
+    };
+    diskGiB = {
+      lb = 20;
+      data = 100;
+      monitor = 50;
+      ci = 200;
+      app = 20;
+    };
+    app = {
+      minSize = 2;
+      maxSize = 10;
+      # Target tracking on the group's average CPU (docs/cloud.md says why CPU).
+      targetCpuPercent = 50;
+      # Seconds from launch until a new instance's CPU counts (boot, agenix,
+      # migrations, registration).
+      warmupSeconds = 180;
+    };
+  };
+
   # `services` names the stack profiles a host carries; `roles` the hubbub roles.
   hosts = {
     lb = {

@@ -82,10 +82,10 @@ in {
           local   hubbub    hubbub                      peer
           local   postgres  postgres-exporter           peer
         ''
-        + lib.concatMapStrings (host: ''
-          host    hubbub    hubbub             ${view.addressOf host}/32  scram-sha-256
+        + lib.concatMapStrings (source: ''
+          host    hubbub    hubbub             ${source}  scram-sha-256
         '')
-        remoteApps);
+        (lib.concatMap view.sourcesOf remoteApps));
     };
 
     # Binding the private address needs it configured first.
