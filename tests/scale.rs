@@ -86,10 +86,16 @@ fn start_load(
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 tally.requests.fetch_add(1, Ordering::Relaxed);
-                let body = json!({"user": format!("poster{poster}"), "text": format!("message {n}")});
+                let body =
+                    json!({"user": format!("poster{poster}"), "text": format!("message {n}")});
                 match client.post(&url).json(&body).send().await {
                     Ok(response) if response.status() == 201 => {
-                        match response.json::<Value>().await.ok().and_then(|v| v["id"].as_i64()) {
+                        match response
+                            .json::<Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| v["id"].as_i64())
+                        {
                             Some(id) => {
                                 if let Ok(mut acked) = tally.acked.lock() {
                                     acked.push(id);
@@ -123,7 +129,11 @@ async fn followers(tier: &ElasticTier) -> anyhow::Result<Vec<Follower>> {
             .json(&json!({"user": "scale", "text": "warm-up"}))
             .send()
             .await?;
-        ensure!(response.status() == 201, "warm-up post: {}", response.status());
+        ensure!(
+            response.status() == 201,
+            "warm-up post: {}",
+            response.status()
+        );
         let id = response.json::<Value>().await?["id"]
             .as_i64()
             .context("warm-up id")?;
@@ -140,14 +150,27 @@ async fn followers(tier: &ElasticTier) -> anyhow::Result<Vec<Follower>> {
     Ok(all)
 }
 
-/// Requests the instance's `role` process answered for that role, from its metrics.
-async fn served(tier: &ElasticTier, instance: usize, role: Role) -> anyhow::Result<f64> {
+/// The metrics of instance `instance`'s `role` process.
+async fn metrics(tier: &ElasticTier, instance: usize, role: Role) -> anyhow::Result<String> {
     let process = tier.instances[instance]
         .processes
         .iter()
         .find(|p| p.role == role)
         .context("no process of that role")?;
-    let text = reqwest::get(process.metrics_url()).await?.text().await?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    Ok(client
+        .get(process.metrics_url())
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// Requests the instance's `role` process answered for that role.
+async fn served(tier: &ElasticTier, instance: usize, role: Role) -> anyhow::Result<f64> {
+    let text = metrics(tier, instance, role).await?;
     let label = format!("role=\"{role}\"");
     Ok(text
         .lines()
@@ -157,12 +180,7 @@ async fn served(tier: &ElasticTier, instance: usize, role: Role) -> anyhow::Resu
 }
 
 async fn sse_clients(tier: &ElasticTier, instance: usize) -> anyhow::Result<f64> {
-    let process = tier.instances[instance]
-        .processes
-        .iter()
-        .find(|p| p.role == Role::Broadcast)
-        .context("no broadcast process")?;
-    let text = reqwest::get(process.metrics_url()).await?.text().await?;
+    let text = metrics(tier, instance, Role::Broadcast).await?;
     Ok(support::app::metric_value(&text, "hubbub_sse_clients"))
 }
 
@@ -180,7 +198,8 @@ async fn app_tier_scales_out_and_in_under_load_without_reloading_haproxy() -> an
     let load_started = Instant::now();
     let mut load = start_load(&tier, 3, 2, &stop, &tally);
     let mut steps = Vec::new();
-    let mut step = |what: &str, at: Instant| steps.push(format!("{what} {:.1} s", at.elapsed().as_secs_f64()));
+    let mut step =
+        |what: &str, at: Instant| steps.push(format!("{what} {:.1} s", at.elapsed().as_secs_f64()));
 
     tokio::time::sleep(DWELL).await;
     for n in [2, 3] {
@@ -193,7 +212,11 @@ async fn app_tier_scales_out_and_in_under_load_without_reloading_haproxy() -> an
     for instance in [1, 2] {
         for role in [Role::Visitors, Role::Chat, Role::Buffs] {
             let count = served(&tier, instance, role).await?;
-            ensure!(count > 0.0, "instance{} served no {role} request", instance + 1);
+            ensure!(
+                count > 0.0,
+                "instance{} served no {role} request",
+                instance + 1
+            );
         }
     }
     // Scale in, removing the instance that holds every SSE stream first.
@@ -217,8 +240,14 @@ async fn app_tier_scales_out_and_in_under_load_without_reloading_haproxy() -> an
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let exact = clients.iter().filter(|c| c.received() == acked).count();
-    let resumes: usize = clients.iter().map(|c| c.reconnects.load(Ordering::Relaxed)).sum();
-    let refused: usize = clients.iter().map(|c| c.refused.load(Ordering::Relaxed)).sum();
+    let resumes: usize = clients
+        .iter()
+        .map(|c| c.reconnects.load(Ordering::Relaxed))
+        .sum();
+    let refused: usize = clients
+        .iter()
+        .map(|c| c.refused.load(Ordering::Relaxed))
+        .sum();
     let resumed_clients = clients
         .iter()
         .filter(|c| c.reconnects.load(Ordering::Relaxed) > 0)
@@ -230,7 +259,12 @@ async fn app_tier_scales_out_and_in_under_load_without_reloading_haproxy() -> an
     let slots_in_use: usize = {
         let mut n = 0;
         for role in Role::ALL {
-            n += tier.servers(role).await?.iter().filter(|s| s.serving()).count();
+            n += tier
+                .servers(role)
+                .await?
+                .iter()
+                .filter(|s| s.serving())
+                .count();
         }
         n
     };
@@ -248,7 +282,10 @@ async fn app_tier_scales_out_and_in_under_load_without_reloading_haproxy() -> an
         started.elapsed().as_secs_f64(),
     );
 
-    ensure!(failures == 0, "{failures} requests failed, first: {failed:?}");
+    ensure!(
+        failures == 0,
+        "{failures} requests failed, first: {failed:?}"
+    );
     ensure!(!acked.is_empty(), "no chat message was posted");
     ensure!(
         exact == SSE_CLIENTS,
@@ -270,7 +307,10 @@ async fn app_tier_scales_out_and_in_under_load_without_reloading_haproxy() -> an
         on_last == SSE_CLIENTS as f64,
         "the last instance holds {on_last} streams, not {SSE_CLIENTS}"
     );
-    ensure!(slots_in_use == 4, "{slots_in_use} servers in use, not one per pool");
+    ensure!(
+        slots_in_use == 4,
+        "{slots_in_use} servers in use, not one per pool"
+    );
     ensure!(
         tier.haproxy_info("Pid").await? == haproxy_pid,
         "HAProxy was restarted"

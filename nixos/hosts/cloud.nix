@@ -24,7 +24,10 @@ in
         app = {
           services = [];
           roles = ["visitors" "chat" "broadcast" "buffs"];
-          elastic.subnets = map (subnet: subnet.cidr) cloud.appSubnets;
+          elastic = {
+            subnets = map (subnet: subnet.cidr) cloud.appSubnets;
+            maxInstances = cloud.app.maxSize;
+          };
         };
       };
   }

@@ -9,8 +9,6 @@
 #   records          [ { address; names; } ]: the hosts of the inventory that run roles and
 #                    have a fixed private address (elastic hosts register themselves)
 #   hosts            those records in hosts(5) format, dnsmasq's `addn-hosts`
-#   hostsLine        roles -> address -> the hosts(5) line of one instance (what an
-#                    instance registers in a `hostsDir`)
 #   settings         services.dnsmasq.settings: answers for <domain> only, from the files
 #                    below, never forwards, listens on listenAddress:port only
 #   config           the same settings as dnsmasq.conf text, rendered the way nixpkgs'
@@ -50,8 +48,6 @@
       value = "${role}.${domain}";
     })
     roles);
-
-  hostsLine = hostRoles: addr: "${addr} ${builtins.concatStringsSep " " (map (role: names.${role}) hostRoles)}\n";
 
   fixedAppHosts = builtins.filter (name: (hosts.${name}.roles or []) != [] && (hosts.${name}.privateAddress or null) != null) (builtins.attrNames hosts);
   records =
@@ -96,6 +92,6 @@
     else [(line name value)];
   config = builtins.concatStringsSep "\n" (builtins.concatLists (map (name: lines name settings.${name}) (builtins.attrNames settings))) + "\n";
 in {
-  inherit domain names records hostsLine settings config;
+  inherit domain names records settings config;
   hosts = builtins.concatStringsSep "" (map (r: "${r.address} ${builtins.concatStringsSep " " r.names}\n") records);
 }

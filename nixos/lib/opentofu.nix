@@ -119,7 +119,7 @@
             {
               Sid = "Drain";
               Effect = "Allow";
-              Action = ["autoscaling:CompleteLifecycleAction" "autoscaling:RecordLifecycleActionHeartbeat"];
+              Action = ["autoscaling:CompleteLifecycleAction" "autoscaling:RecordLifecycleActionHeartbeat" "autoscaling:SetInstanceHealth"];
               Resource = ["arn:aws:autoscaling:${cloud.region}:${ref "data.aws_caller_identity.current.account_id"}:autoScalingGroup:*:autoScalingGroupName/${groupName}"];
             }
           ]

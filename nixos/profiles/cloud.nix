@@ -17,7 +17,8 @@
 #     listening on the instance's address, registration in Cloud Map once every
 #     role is ready, and on termination (the autoscaling lifecycle hook, or a
 #     shutdown) deregistration, a drain while HAProxy's DNS answers forget the
-#     address, SIGTERM to the roles, then the hook's completion.
+#     address, SIGTERM to the roles, then the hook's completion. An instance
+#     whose roles do not become ready marks itself unhealthy and is replaced.
 {
   config,
   lib,
@@ -45,10 +46,15 @@
 
   roleUnits = map (role: "hubbub-${role}.service") roles;
 
+  # IMDSv2: a session token per call (tokens expire; the lifecycle loop runs
+  # for the instance's whole life).
   imds = ''
-    imds_token=$(curl -sf --retry 10 --retry-connrefused --retry-delay 1 -X PUT \
-      -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)
-    imds() { curl -sf --retry 5 --retry-delay 1 -H "X-aws-ec2-metadata-token: $imds_token" "http://169.254.169.254/latest/$1"; }
+    imds() {
+      local token
+      token=$(curl -sf --retry 10 --retry-connrefused --retry-delay 1 -X PUT \
+        -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token) || return 1
+      curl -sf --retry 5 --retry-delay 1 -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/$1"
+    }
   '';
   setting = key: "jq -er ${lib.escapeShellArg key} ${userData}";
 
@@ -149,6 +155,15 @@
       --auto-scaling-group-name "$(${setting ".autoScalingGroup"})"
   '';
 
+  # An instance whose roles never become ready is no use: the group replaces it.
+  unhealthy = pkgs.writeShellScript "hubbub-unhealthy" ''
+    set -euo pipefail
+    . ${instanceDir}/identity.env
+    echo "registration failed; marking $INSTANCE_ID unhealthy so the group replaces it" >&2
+    aws autoscaling set-instance-health --region "$(${setting ".region"})" \
+      --instance-id "$INSTANCE_ID" --health-status Unhealthy --no-should-respect-grace-period
+  '';
+
   tools = [pkgs.awscli2 pkgs.curl pkgs.jq pkgs.coreutils pkgs.systemd];
 in {
   imports = [../modules/deployment.nix];
@@ -216,6 +231,7 @@ in {
           hubbub-discovery = {
             description = "Register this instance's roles in Cloud Map while they serve";
             wantedBy = ["multi-user.target"];
+            onFailure = ["hubbub-unhealthy.service"];
             requires = ["hubbub-instance-identity.service"] ++ roleUnits;
             after = ["hubbub-instance-identity.service"] ++ roleUnits;
             path = tools;
@@ -227,6 +243,15 @@ in {
               ExecStop = deregister;
               TimeoutStartSec = "10min";
               TimeoutStopSec = "${toString (drainSeconds + 60)}s";
+            };
+          };
+
+          hubbub-unhealthy = {
+            description = "Have the autoscaling group replace this instance";
+            path = tools;
+            serviceConfig = {
+              Type = "oneshot";
+              ExecStart = unhealthy;
             };
           };
 

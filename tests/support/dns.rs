@@ -51,7 +51,10 @@ impl Dnsmasq {
         give_to(user, dir.path()).await?;
         let log = dir.path().join("dnsmasq.log");
         let mut command = command_as(user, &binary);
-        command.arg("--keep-in-foreground").arg("-C").arg(&config_path);
+        command
+            .arg("--keep-in-foreground")
+            .arg("-C")
+            .arg(&config_path);
         let child = spawn_daemon(command, &log)?;
         let mut dns = Self {
             dir,
@@ -82,8 +85,7 @@ impl Dnsmasq {
         // Written aside, then renamed: dnsmasq never reads half a file.
         let staging = self.dir.path().join(format!(".{instance}"));
         std::fs::write(&staging, line)?;
-        std::fs::rename(&staging, self.hosts_file(instance))
-            .context("registering an instance")?;
+        std::fs::rename(&staging, self.hosts_file(instance)).context("registering an instance")?;
         Ok(())
     }
 

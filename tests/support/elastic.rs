@@ -75,7 +75,8 @@ impl ElasticTier {
             .collect();
         // The real inventory's discovery settings (domain, slots, hold times) and an
         // empty host list: every instance registers itself.
-        let dns_inventory = "(let real = import ./nixos/lib/inventory.nix; in real // { hosts = {}; })";
+        let dns_inventory =
+            "(let real = import ./nixos/lib/inventory.nix; in real // { hosts = {}; })";
         let dns = Dnsmasq::start(dns_inventory).await?;
         let inventory = format!(
             "(let real = import ./nixos/lib/inventory.nix; in real // {{ \
@@ -188,9 +189,13 @@ impl ElasticTier {
         for dns_name in self.names.values() {
             self.dns.wait_for(dns_name, &want).await?;
         }
-        self.wait_pools(|servers| servers.iter().any(|s| s.address == Some(address) && s.serving()))
-            .await
-            .with_context(|| format!("HAProxy does not serve from {address}"))
+        self.wait_pools(|servers| {
+            servers
+                .iter()
+                .any(|s| s.address == Some(address) && s.serving())
+        })
+        .await
+        .with_context(|| format!("HAProxy does not serve from {address}"))
     }
 
     /// Deregisters instance `n`, waits until HAProxy sends it nothing new, then stops
@@ -258,9 +263,7 @@ impl ElasticTier {
 
     /// The server slots of `role`'s pool.
     pub async fn servers(&self, role: Role) -> anyhow::Result<Vec<ServerState>> {
-        let answer = self
-            .runtime(&format!("show servers state {role}"))
-            .await?;
+        let answer = self.runtime(&format!("show servers state {role}")).await?;
         answer
             .lines()
             .filter(|line| !line.starts_with('#') && line.split(' ').count() > 6)
@@ -309,12 +312,9 @@ async fn wait_ready(process: &HubbubProcess) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "{} on {} not ready:\n{}",
-                process.role,
-                process.host,
-                process.log()
-            );
+            let log = process.log();
+            let tail = &log[log.floor_char_boundary(log.len().saturating_sub(3000))..];
+            bail!("{} on {} not ready:\n{tail}", process.role, process.host);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

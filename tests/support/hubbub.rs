@@ -47,7 +47,16 @@ impl HubbubProcess {
         dir: &Path,
     ) -> anyhow::Result<Self> {
         let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        Self::start_at(role, config, credentials, dir, host, free_port(), free_port()).await
+        Self::start_at(
+            role,
+            config,
+            credentials,
+            dir,
+            host,
+            free_port(),
+            free_port(),
+        )
+        .await
     }
 
     /// As `start`, with both listeners on `host` (an address of 127.0.0.0/8, so that
@@ -88,7 +97,10 @@ impl HubbubProcess {
             .args(["serve", self.role.as_str()])
             .env("CREDENTIALS_DIRECTORY", &self.credentials)
             .env("STATE_DIRECTORY", &self.state)
-            .env("HUBBUB_HTTP__LISTEN", format!("{}:{}", self.host, self.port))
+            .env(
+                "HUBBUB_HTTP__LISTEN",
+                format!("{}:{}", self.host, self.port),
+            )
             .env(
                 "HUBBUB_ADMIN__LISTEN",
                 format!("{}:{}", self.host, self.admin_port),
