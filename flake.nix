@@ -47,24 +47,32 @@
         inherit pkgs craneLib hubbub advisory-db tools;
       };
       vmTests = import ./nixos/tests {inherit pkgs self;};
+      # The AWS deployment: images, the OpenTofu configuration and its check.
+      cloud = import ./nix/cloud.nix {inherit pkgs lib self system;};
       serve = pkgs.writeShellApplication {
         name = "hubbub-serve";
         text = ''exec ${lib.getExe hubbub} serve "$@"'';
       };
     in {
-      packages = {
-        default = hubbub;
-        inherit hubbub;
-        image = pkgs.callPackage ./nix/image.nix {inherit hubbub;};
-      };
+      packages =
+        {
+          default = hubbub;
+          inherit hubbub;
+          image = pkgs.callPackage ./nix/image.nix {inherit hubbub;};
+        }
+        // cloud.packages;
 
-      apps.default = {
-        type = "app";
-        program = lib.getExe serve;
-        meta.description = "Run every hubbub role (`hubbub serve`) with the default configuration";
-      };
+      apps =
+        {
+          default = {
+            type = "app";
+            program = lib.getExe serve;
+            meta.description = "Run every hubbub role (`hubbub serve`) with the default configuration";
+          };
+        }
+        // cloud.apps;
 
-      checks = rustAndNixChecks // vmTests;
+      checks = rustAndNixChecks // vmTests // cloud.checks;
 
       devShells.default = craneLib.devShell {
         # The build inputs of the Rust and Nix checks (not of the VM tests).
@@ -89,8 +97,9 @@
       # Hydra's jobs on this system: the packages, every check (the VM tests
       # included; `hubbub` is already a package) and the closures of the
       # example hosts built for this system.
+      # (cloud-images, five disk images, is built at deploy time only.)
       hydraJobs =
-        removeAttrs self.packages.${system} ["default"]
+        removeAttrs self.packages.${system} ["default" "cloud-images"]
         // removeAttrs self.checks.${system} ["hubbub"]
         // lib.mapAttrs' (name: host: lib.nameValuePair "host-${name}" host.config.system.build.toplevel)
         (lib.filterAttrs (_: host: host.pkgs.stdenv.hostPlatform.system == system) self.nixosConfigurations);

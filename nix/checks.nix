@@ -45,13 +45,14 @@ in {
   # (tests/support/process.rs) finds the daemons on PATH, which
   # nativeCheckInputs provides; it reads no other variable. `kill` (tests/cli.rs)
   # comes from util-linux. Two suites need what a sandbox cannot give and stay
-  # in tests/run: `browser` (Chromium) and `e2e` (renders the HAProxy config
-  # with nix-instantiate and runs fail2ban-regex).
+  # in tests/run: `browser` (Chromium), `e2e` (renders the HAProxy config
+  # with nix-instantiate and runs fail2ban-regex) and `scale` (nix-instantiate,
+  # HAProxy, dnsmasq).
   nextest = craneLib.cargoNextest (commonArgs
     // {
       inherit cargoArtifacts;
       partitions = 1;
-      cargoNextestExtraArgs = "--workspace --no-fail-fast -E 'not (binary_id(hubbub::browser) | binary_id(hubbub::e2e))'";
+      cargoNextestExtraArgs = "--workspace --no-fail-fast -E 'not (binary_id(hubbub::browser) | binary_id(hubbub::e2e) | binary_id(hubbub::scale))'";
       nativeCheckInputs = [
         pkgs.postgresql
         pkgs.redis

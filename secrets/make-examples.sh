@@ -16,11 +16,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 keys_dir=nixos/tests/keys
 pki_dir=secrets/pki
-hosts=(allinone lb app1 app2 data monitor ci)
+hosts=(allinone lb app1 app2 data monitor ci app)
 force=${FORCE:-0}
 
 # Hosts that ship their journal to the monitor host (each has its own client certificate).
-upload_hosts=(lb app1 app2 data ci)
+upload_hosts=(lb app1 app2 data ci app)
 
 rand() { head -c "${1:-32}" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 

@@ -19,24 +19,27 @@ let
     data = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiIrF0nNsJO+LLRRhDcETTfwGw3acEGQrU3SZHrUJLW";
     monitor = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGlQYVd+bK5Pdzyfg6ux+1pm/pgaEBad1BCwaN5gWYNk";
     ci = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFyMRb6NiVWRz4SGf0JIAbljbrUY/GPoHwLEuse72Osx";
+    # The app autoscaling group of the AWS deployment (nixos/hosts/cloud.nix):
+    # one identity for every instance, fetched at boot from SSM Parameter Store.
+    app = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA5SS73q65W+mEPg1VhE58c+Suo2/gbM3BeRJ/qEZo0C";
   };
 
   to = names: {publicKeys = admins ++ map (name: hosts.${name}) names;};
 in {
   # PostgreSQL role password of `hubbub`, for app hosts reaching the data host over TCP.
-  "db-hubbub-password.age" = to ["data" "app1" "app2"];
+  "db-hubbub-password.age" = to ["data" "app1" "app2" "app"];
   # Redis requirepass (server and every hubbub host), and the exporter's environment file.
-  "redis-password.age" = to ["allinone" "data" "app1" "app2"];
+  "redis-password.age" = to ["allinone" "data" "app1" "app2" "app"];
   "redis-exporter-env.age" = to ["allinone" "data"];
   # Mosquitto users, one per role that talks to the broker.
-  "mqtt-chat.age" = to ["allinone" "data" "app1" "app2"];
-  "mqtt-broadcast.age" = to ["allinone" "data" "app1" "app2"];
-  "mqtt-buffs.age" = to ["allinone" "data" "app1" "app2"];
+  "mqtt-chat.age" = to ["allinone" "data" "app1" "app2" "app"];
+  "mqtt-broadcast.age" = to ["allinone" "data" "app1" "app2" "app"];
+  "mqtt-buffs.age" = to ["allinone" "data" "app1" "app2" "app"];
   # Private key of the broker's TLS listener (certificate: secrets/pki/mqtt-data.pem).
   "mqtt-tls-key.age" = to ["data"];
   # hubbub application secrets.
-  "hubbub-visitors-salt.age" = to ["allinone" "app1" "app2"];
-  "hubbub-buffs-admin-tokens.age" = to ["allinone" "app1" "app2"];
+  "hubbub-visitors-salt.age" = to ["allinone" "app1" "app2" "app"];
+  "hubbub-buffs-admin-tokens.age" = to ["allinone" "app1" "app2" "app"];
   # Monitoring: Alertmanager receiver URL (environment file), Grafana admin password and secret key.
   "alertmanager-env.age" = to ["allinone" "monitor"];
   "grafana-admin-password.age" = to ["allinone" "monitor"];
@@ -48,6 +51,7 @@ in {
   "journal-upload-app2-key.age" = to ["app2"];
   "journal-upload-data-key.age" = to ["data"];
   "journal-upload-ci-key.age" = to ["ci"];
+  "journal-upload-app-key.age" = to ["app"];
   # Binary cache signing key of the CI host (public half: secrets/pki/binary-cache-key.pub).
   "binary-cache-key.age" = to ["ci"];
   # The internal CA's private key: admins only, to issue certificates for new hosts.

@@ -5,114 +5,26 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use hubbub::domain::Role;
 use serde_json::{Value, json};
+use support::follower::Follower;
 use support::stack::{ADMIN_TOKEN, Stack, repo};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// An SSE client that stays connected in the background and reconnects with
-/// `Last-Event-ID` whenever the stream breaks, as EventSource does.
-struct Follower {
-    ids: Arc<Mutex<Vec<i64>>>,
-    reconnects: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Follower {
-    fn spawn(stack: &Stack, path: &str) -> Self {
-        let ids = Arc::new(Mutex::new(Vec::new()));
-        let reconnects = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(follow(
-            stack.client.clone(),
-            stack.url(path),
-            ids.clone(),
-            reconnects.clone(),
-        ));
-        Self {
-            ids,
-            reconnects,
-            task,
-        }
-    }
-
-    fn received(&self) -> Vec<i64> {
-        self.ids.lock().map(|ids| ids.clone()).unwrap_or_default()
-    }
-
-    fn forget(&self) {
-        if let Ok(mut ids) = self.ids.lock() {
-            ids.clear();
-        }
-    }
-
-    /// Waits until `want` ids are in; then they must be exactly `expected`.
-    async fn expect_exactly(&self, expected: &[i64], wait: Duration) -> anyhow::Result<()> {
-        let until = Instant::now() + wait;
-        while self.received().len() < expected.len() && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Anything extra (a duplicate) shows up shortly after.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let got = self.received();
-        ensure!(got == expected, "got {got:?}, expected {expected:?}");
-        Ok(())
-    }
-}
-
-async fn follow(
-    client: reqwest::Client,
-    url: String,
-    ids: Arc<Mutex<Vec<i64>>>,
-    reconnects: Arc<AtomicUsize>,
-) {
-    use futures_util::StreamExt;
-    let mut last: Option<i64> = None;
-    loop {
-        let mut request = client.get(&url).header("accept", "text/event-stream");
-        if let Some(last) = last {
-            request = request.header("last-event-id", last.to_string());
-        }
-        if let Ok(response) = request.send().await
-            && response.status() == 200
-        {
-            let mut stream = response.bytes_stream();
-            let mut buffer = String::new();
-            while let Some(Ok(chunk)) = stream.next().await {
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    if let Some(id) = block.lines().find_map(|l| l.strip_prefix("id:"))
-                        && let Ok(id) = id.trim().parse::<i64>()
-                    {
-                        last = Some(id);
-                        if let Ok(mut ids) = ids.lock() {
-                            ids.push(id);
-                        }
-                    }
-                }
-            }
-        }
-        reconnects.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Followers on `channel`, each confirmed connected (a warm-up message reached all).
 async fn followers(stack: &Stack, channel: &str, n: usize) -> anyhow::Result<Vec<Follower>> {
     let all: Vec<Follower> = (0..n)
-        .map(|_| Follower::spawn(stack, &format!("/api/chat/{channel}/events")))
+        .map(|_| {
+            Follower::spawn(
+                stack.client.clone(),
+                stack.url(&format!("/api/chat/{channel}/events")),
+            )
+        })
         .collect();
     let until = Instant::now() + WAIT;
     loop {

@@ -14,8 +14,9 @@ in {
   networking.hostName = lib.mkDefault view.name;
   networking.domain = lib.mkDefault inventory.domain;
 
-  # The private network: a static address on the private interface.
-  networking.interfaces.${inventory.privateInterface}.ipv4.addresses = [
+  # The private network: a static address on the private interface (in the
+  # cloud, DHCP hands out the address the infrastructure assigned).
+  networking.interfaces.${inventory.privateInterface}.ipv4.addresses = lib.mkIf (!(inventory ? provider)) [
     {
       address = view.address;
       prefixLength = lib.toInt (lib.last (lib.splitString "/" inventory.privateNetwork));
@@ -25,7 +26,8 @@ in {
   users.mutableUsers = false;
   users.users.root.openssh.authorizedKeys.keyFiles = [../tests/keys/INSECURE-admin_ed25519.pub];
 
-  # Hardware stub (see above).
+  # Hardware stub (see above; the cloud hosts get theirs from nixpkgs'
+  # amazon-image.nix).
   boot.loader.grub.device = lib.mkDefault "/dev/vda";
   fileSystems."/" = lib.mkDefault {
     device = "/dev/disk/by-label/nixos";

@@ -1,19 +1,20 @@
 # The whole haproxy.cfg of the hubbub edge, as a string. Builtins only.
 #
 #   import ./haproxy.nix {
-#     inventory = import ./inventory.nix;   # production: pools, metrics address and domain from it
+#     inventory = import ./inventory.nix;   # production: pools found through DNS, metrics address and domain
 #     certificate = "/var/lib/acme/<domain>/full.pem";
 #   }
-#   import ./haproxy.nix {                  # a local topology (tests): everything explicit
+#   import ./haproxy.nix {                  # a fixed list of servers (tests): everything explicit
 #     backends = { visitors = [ { name = "v1"; address = "127.0.0.1"; port = 18081; } ... ]; chat = [...]; broadcast = [...]; buffs = [...]; };
 #     certificate = "/tmp/x/edge.pem";
 #     httpBind = "127.0.0.1:18080"; httpsBind = "127.0.0.1:18443"; metricsBind = "127.0.0.1:18405";
 #   }
 #
 # Arguments (all optional except `certificate` and one of `inventory`/`backends`):
-#   inventory      the inventory; gives `backends` (every host running a role, on its private
-#                  address and public port), `domain` and `metricsBind` (first proxy host)
-#   backends       { visitors; chat; broadcast; buffs; }, each a list of { name; address; port; }
+#   inventory      the inventory; its pools are found through DNS (below), and it gives
+#                  `domain` and `metricsBind` (first proxy host)
+#   backends       instead: a fixed list, { visitors; chat; broadcast; buffs; }, each a list
+#                  of { name; address; port; }
 #   certificate    ONE PEM file holding the private key followed by the certificate chain
 #                  (what the NixOS acme module writes as full.pem); never a store path
 #   domain         Host header of the health checks (default: inventory.domain or "localhost")
@@ -29,6 +30,17 @@
 #   streamTimeout  inactivity limit of an SSE stream (`timeout tunnel` of the broadcast pool, 1h)
 #   checkInterval  health-check interval (2s; a server is DOWN after 2 failed checks)
 #   hstsMaxAge, log   HSTS max-age in seconds; the `log` target (stdout: the journal under systemd)
+#
+# Pools found through DNS (with `inventory`): each pool is a `server-template` of
+# inventory.discovery.maxInstances slots resolving <role>.<discovery domain> (one A record
+# per instance, nixos/lib/discovery.nix) on the role's port of the plan, through the
+# `resolvers discovery` section (inventory.discovery.nameserver, every `resolveInterval`).
+# An address appearing in the answers fills a free slot, which serves at once (an instance
+# registers only once it is ready) and is health-checked like any server; an address gone
+# from the answers for inventory.discovery.holdObsolete puts its slot into maintenance: no
+# new requests, open streams keep flowing until the instance closes them. Servers come and
+# go without a reload. When the name server fails, the last answer is kept for
+# `dnsOutageHold` (health checks still take dead instances out meanwhile).
 #
 # What the text does: TLS on httpsBind (h2 and http/1.1, TLS >= 1.2, HSTS), http redirected
 # (301); routing by path: /api/chat/<channel>/events and /api/buffs/events -> broadcast
@@ -60,6 +72,8 @@
   hstsMaxAge ? 63072000,
   streamTimeout ? "1h",
   checkInterval ? "2s",
+  resolveInterval ? "1s",
+  dnsOutageHold ? "1h",
   log ? "stdout format raw local0 info",
 }: let
   topology =
@@ -67,17 +81,11 @@
     then null
     else import ./topology.nix inventory;
 
-  pools =
+  discovery =
     if backends != null
-    then backends
-    else if topology != null
-    then
-      builtins.mapAttrs (_:
-        map (h: {
-          inherit (h) name address;
-          port = h.publicPort;
-        }))
-      topology.appHosts
+    then null
+    else if inventory != null
+    then inventory.discovery
     else throw "haproxy.nix: pass `backends` or `inventory`";
 
   metricsAddress =
@@ -109,8 +117,6 @@
     then "443"
     else builtins.head m;
 
-  serversOf = role: pools.${role} or [];
-
   tooMany = what: ''status 429 content-type text/plain string "too many ${what}" hdr Retry-After 10'';
 
   # Health checks, shared by every pool: GET /readyz must answer 200 (ready or
@@ -121,12 +127,37 @@
     http-check expect status 200
   '';
 
-  server = s: "server ${s.name} ${s.address}:${toString s.port} check inter ${checkInterval} fall 2 rise 2";
+  checkArgs = "check inter ${checkInterval} fall 2 rise 2";
+  server = s: "server ${s.name} ${s.address}:${toString s.port} ${checkArgs}";
+  servers = role:
+    if discovery == null
+    then lines (map server (backends.${role} or []))
+    else "server-template ${role} 1-${toString discovery.maxInstances} ${role}.${discovery.domain}:${toString inventory.ports.public.${role}} resolvers discovery init-addr none resolve-prefer ipv4 ${checkArgs}";
 
   backend = role: extra: ''
     backend ${role}
-    ${extra}${checks}${lines (map server (serversOf role))}
+    ${extra}${checks}${servers role}
   '';
+
+  # Answers are re-read every resolveInterval. An error (timeout, refused,
+  # other) keeps the last good answer for dnsOutageHold instead of emptying
+  # the pools; NXDOMAIN (no instance of a role at all) is believed after 30 s.
+  resolvers =
+    if discovery == null
+    then ""
+    else ''
+      resolvers discovery
+      nameserver dns ${discovery.nameserver}
+      accepted_payload_size 8192
+      resolve_retries 3
+      timeout resolve ${resolveInterval}
+      timeout retry 1s
+      hold obsolete ${discovery.holdObsolete}
+      hold nx 30s
+      hold timeout ${dnsOutageHold}
+      hold refused ${dnsOutageHold}
+      hold other ${dnsOutageHold}
+    '';
 
   # Section headers at the left margin, everything else indented by two spaces,
   # one empty line between sections.
@@ -135,7 +166,7 @@
     noBlank = builtins.filter (l: l != "") stripped;
   in
     lines (map (l:
-      if builtins.match "(global|defaults|frontend|backend)( .*)?" l != null
+      if builtins.match "(global|defaults|frontend|backend|resolvers)( .*)?" l != null
       then "\n${l}"
       else "  ${l}")
     noBlank);
@@ -175,6 +206,7 @@
     timeout check 3s
     timeout client-fin 10s
 
+    ${resolvers}
     backend st_connections
     # Per-client counters, keyed by source address (IPv4 is stored mapped).
     stick-table type ipv6 size 1m expire 1m store conn_cur

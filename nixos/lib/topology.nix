@@ -18,6 +18,16 @@
 #                            target carries a `host` label (not `role`: hubbub's own metrics
 #                            have a `role` label that a target label would shadow)
 #   firewallPorts.<host>     sorted TCP ports to open on that host's private interface
+#   publicPorts.<host>       sorted TCP ports open on every interface: SSH, plus 80 and 443 where
+#                            the proxy or the ci service runs (nixos/profiles/security.nix checks
+#                            the host's firewall against it)
+#   sourcesOf name           the CIDRs a host's connections come from: "<address>/32", or the
+#                            subnets of an elastic host
+#
+# Elastic hosts (an entry with `elastic.subnets` and no privateAddress: the app
+# autoscaling group of nixos/hosts/cloud.nix) have no fixed address: HAProxy finds
+# them through DNS, Prometheus through `dns_sd_configs` on the discovery names,
+# and they are left out of appHosts and the static scrape targets.
 #
 # Adding a host to the inventory updates every view.
 arg: let
@@ -26,7 +36,14 @@ arg: let
 
   roles = ["visitors" "chat" "broadcast" "buffs"];
   hostNames = builtins.attrNames hosts;
-  addressOf = name: hosts.${name}.privateAddress;
+  addressOf = name: hosts.${name}.privateAddress or null;
+  isElastic = name: hosts.${name} ? elastic;
+  fixedHostNames = builtins.filter (name: !(isElastic name)) hostNames;
+  elasticHostNames = builtins.filter isElastic hostNames;
+  sourcesOf = name:
+    if isElastic name
+    then hosts.${name}.elastic.subnets
+    else ["${addressOf name}/32"];
 
   hostsWith = service: builtins.filter (name: builtins.elem service (hosts.${name}.services or [])) hostNames;
   hostsWithRole = role: builtins.filter (name: builtins.elem role (hosts.${name}.roles or [])) hostNames;
@@ -55,7 +72,7 @@ arg: let
           publicPort = ports.public.${role};
           adminPort = ports.admin.${role};
         })
-        (hostsWithRole role);
+        (builtins.filter (name: !(isElastic name)) (hostsWithRole role));
     })
     roles);
 
@@ -66,7 +83,7 @@ arg: let
 
   scrapeTargets =
     {
-      node = map (target ports.nodeExporter) hostNames;
+      node = map (target ports.nodeExporter) fixedHostNames;
       postgres = map (target ports.postgresExporter) (hostsWith "database");
       redis = map (target ports.redisExporter) (hostsWith "cache");
       haproxy = map (target ports.haproxyMetrics) (hostsWith "proxy");
@@ -74,12 +91,40 @@ arg: let
     }
     // builtins.listToAttrs (map (role: {
         name = "hubbub-${role}";
-        value = map (target ports.admin.${role}) (hostsWithRole role);
+        value = map (target ports.admin.${role}) (builtins.filter (name: !(isElastic name)) (hostsWithRole role));
       })
       roles);
 
-  scrapeConfigs =
-    map (job: {
+  # Elastic hosts are scraped through DNS: the discovery name of a role (for the
+  # node exporter, of the host's first role) on the job's port, with the
+  # instance's address as `host` label.
+  dnsTargets =
+    {
+      node =
+        map (name: {
+          name = "${builtins.head hosts.${name}.roles}.${inventory.discovery.domain}";
+          port = ports.nodeExporter;
+        })
+        elasticHostNames;
+    }
+    // builtins.listToAttrs (map (role: {
+        name = "hubbub-${role}";
+        value =
+          if builtins.any isElastic (hostsWithRole role)
+          then [
+            {
+              name = "${role}.${inventory.discovery.domain}";
+              port = ports.admin.${role};
+            }
+          ]
+          else [];
+      })
+      roles);
+
+  scrapeConfigs = map (job: let
+    dns = dnsTargets.${job} or [];
+  in
+    {
       job_name = job;
       static_configs =
         map (t: {
@@ -87,8 +132,31 @@ arg: let
           labels.host = t.host;
         })
         scrapeTargets.${job};
-    })
-    (builtins.filter (job: scrapeTargets.${job} != []) (builtins.attrNames scrapeTargets));
+    }
+    // (
+      if dns == []
+      then {}
+      else {
+        dns_sd_configs =
+          map (d: {
+            names = [d.name];
+            type = "A";
+            inherit (d) port;
+            refresh_interval = "30s";
+          })
+          dns;
+        relabel_configs = [
+          {
+            # Only where no static target set `host`.
+            source_labels = ["host" "__address__"];
+            separator = ";";
+            regex = ";([^:]+):[0-9]+";
+            target_label = "host";
+          }
+        ];
+      }
+    ))
+  (builtins.filter (job: scrapeTargets.${job} != [] || (dnsTargets.${job} or []) != []) (builtins.attrNames scrapeTargets));
 
   # Sorted, without duplicates.
   uniqueSorted = list:
@@ -120,8 +188,12 @@ arg: let
       ++ optional (has "monitoring") [ports.prometheus ports.grafana]
       ++ optional (has "logging") [ports.journalRemote]
     );
+  publicPortsOf = name: let
+    services = hosts.${name}.services or [];
+  in
+    [22] ++ optional (builtins.elem "proxy" services || builtins.elem "ci" services) [80 443];
 in {
-  inherit hostNames hostsWith hostsWithRole appHostNames appHosts scrapeTargets scrapeConfigs;
+  inherit hostNames hostsWith hostsWithRole appHostNames appHosts scrapeTargets scrapeConfigs sourcesOf;
   databaseHost = firstWith "database";
   cacheHost = firstWith "cache";
   brokerHost = firstWith "broker";
@@ -132,6 +204,11 @@ in {
   firewallPorts = builtins.listToAttrs (map (name: {
       inherit name;
       value = portsOf name;
+    })
+    hostNames);
+  publicPorts = builtins.listToAttrs (map (name: {
+      inherit name;
+      value = publicPortsOf name;
     })
     hostNames);
 }

@@ -22,7 +22,7 @@
     if found == []
     then null
     else lib.head found;
-  addressOf = name: hosts.${name}.privateAddress;
+  addressOf = name: hosts.${name}.privateAddress or null;
 in {
   options.hubbub.deployment = {
     inventory = mkOption {
@@ -69,6 +69,8 @@ in {
 
     hubbub.deployment.view = rec {
       inherit inventory hostsWith hostsWithRole appHosts addressOf;
+      # The CIDRs a host connects from: its address, or an elastic host's subnets.
+      inherit (import ../lib/topology.nix inventory) sourcesOf;
       name = cfg.host;
       self =
         hosts.${cfg.host}
@@ -77,7 +79,8 @@ in {
           services = [];
           roles = [];
         };
-      address = self.privateAddress;
+      # null on an elastic host: its instances learn their address at boot.
+      address = self.privateAddress or null;
       runs = service: lib.elem service self.services;
       hasRole = role: lib.elem role self.roles;
 

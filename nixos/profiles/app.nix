@@ -18,6 +18,13 @@
   cacheLocal = local view.cacheHost;
 
   brokerRoles = lib.filter hasRole ["chat" "broadcast" "buffs"];
+  # An elastic host (the AWS app group) learns its address at boot: its units
+  # get the listeners from an EnvironmentFile (nixos/profiles/cloud.nix), which
+  # overrides these.
+  listenHost =
+    if view.address != null
+    then view.address
+    else "0.0.0.0";
   proxyAddresses =
     lib.optional (view.proxyHost != null) "${view.addressOf view.proxyHost}/32"
     ++ lib.optional (local view.proxyHost) "127.0.0.1/32";
@@ -55,8 +62,8 @@ in {
       roles = lib.genAttrs view.self.roles (role: {
         # On the private address: HAProxy (lb) and Prometheus (monitor) reach
         # these over the private network; the firewall opens them there only.
-        listen = "${view.address}:${toString ports.public.${role}}";
-        adminListen = "${view.address}:${toString ports.admin.${role}}";
+        listen = "${listenHost}:${toString ports.public.${role}}";
+        adminListen = "${listenHost}:${toString ports.admin.${role}}";
         settings = lib.mkMerge [
           (lib.mkIf (lib.elem role brokerRoles) {
             mqtt = {

@@ -17,7 +17,8 @@
   backupDir = config.services.postgresqlBackup.location;
   # Each role process may hold a pool of database.max_connections (16 by default);
   # the exporter, the backup and an operator's psql need a few more.
-  roleProcesses = builtins.foldl' (n: host: n + builtins.length (host.roles or [])) 0 (builtins.attrValues view.inventory.hosts);
+  # An elastic host (the AWS app group) counts once per instance it may have.
+  roleProcesses = builtins.foldl' (n: host: n + builtins.length (host.roles or []) * (host.elastic.maxInstances or 1)) 0 (builtins.attrValues view.inventory.hosts);
   maxConnections = lib.max 100 (16 * roleProcesses + 20);
 
   restore = pkgs.writeShellApplication {
@@ -82,10 +83,10 @@ in {
           local   hubbub    hubbub                      peer
           local   postgres  postgres-exporter           peer
         ''
-        + lib.concatMapStrings (host: ''
-          host    hubbub    hubbub             ${view.addressOf host}/32  scram-sha-256
+        + lib.concatMapStrings (source: ''
+          host    hubbub    hubbub             ${source}  scram-sha-256
         '')
-        remoteApps);
+        (lib.concatMap view.sourcesOf remoteApps));
     };
 
     # Binding the private address needs it configured first.

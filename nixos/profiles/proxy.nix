@@ -1,8 +1,12 @@
 # HAProxy at the edge: TLS on 443, 80 redirecting to HTTPS (and answering
-# ACME HTTP-01 challenges), path routing to the role pools of every app host in
-# the inventory, /readyz health checks, HSTS, per-client limits and the
-# Prometheus endpoint on the private address. The whole haproxy.cfg comes from
-# the pure renderer nixos/lib/haproxy.nix.
+# ACME HTTP-01 challenges), path routing to the role pools, /readyz health
+# checks, HSTS, per-client limits and the Prometheus endpoint on the private
+# address. The whole haproxy.cfg comes from the pure renderer
+# nixos/lib/haproxy.nix. The pools are found through DNS
+# (<role>.hubbub.internal): on a static inventory (discovery source
+# "inventory") dnsmasq on this host answers, on loopback only, with the app
+# hosts of the inventory (nixos/lib/discovery.nix); in the cloud the VPC
+# resolver answers from AWS Cloud Map.
 #
 # HAProxy wants key and certificate chain in one PEM file. With ACME that is
 # /var/lib/acme/<domain>/full.pem (key + full chain, written by the NixOS acme
@@ -38,6 +42,14 @@
     } > "$file.tmp"
     ${pkgs.coreutils}/bin/mv "$file.tmp" "$file"
   '';
+
+  # dnsmasq from nixpkgs (services.dnsmasq: enable, resolveLocalQueries,
+  # settings), answering for the discovery domain from a store file.
+  staticDiscovery = inventory.discovery.source == "inventory";
+  discovery = import ../lib/discovery.nix {
+    inherit inventory;
+    hostsFile = "${pkgs.writeText "hubbub-discovery-hosts" (import ../lib/discovery.nix {inherit inventory;}).hosts}";
+  };
 
   haproxyConfig = import ../lib/haproxy.nix {
     inherit inventory certificate;
@@ -104,11 +116,18 @@ in {
       config = haproxyConfig;
     };
 
+    services.dnsmasq = lib.mkIf staticDiscovery {
+      enable = true;
+      # Only HAProxy asks it; the host keeps its own resolver configuration.
+      resolveLocalQueries = false;
+      inherit (discovery) settings;
+    };
+
     systemd.services.haproxy = lib.mkMerge [
       {
-        # Backends live on the private network.
-        wants = ["network-online.target"];
-        after = ["network-online.target"];
+        # Backends live on the private network, found through DNS.
+        wants = ["network-online.target"] ++ lib.optional staticDiscovery "dnsmasq.service";
+        after = ["network-online.target"] ++ lib.optional staticDiscovery "dnsmasq.service";
       }
       (lib.mkIf cfg.acme {
         # acme-<domain>.service puts a self-signed placeholder in place, so

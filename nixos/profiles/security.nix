@@ -17,6 +17,10 @@
   publicPorts = config.networking.firewall.allowedTCPPorts ++ lib.concatMap (range: lib.range range.from range.to) config.networking.firewall.allowedTCPPortRanges;
   allowedPublic = [22 80 443] ++ cfg.extraPublicTCPPorts;
   unexpectedPublic = lib.filter (port: !(lib.elem port allowedPublic)) publicPorts;
+  # What nixos/lib/topology.nix (and so the AWS security groups of
+  # nixos/lib/opentofu.nix) says this host opens publicly.
+  expectedPublic = lib.sort lib.lessThan (lib.unique ((topology.publicPorts.${view.name} or [22]) ++ cfg.extraPublicTCPPorts));
+  actualPublic = lib.sort lib.lessThan (lib.unique publicPorts);
 in {
   imports = [../modules/deployment.nix];
 
@@ -56,6 +60,14 @@ in {
 
   config = lib.mkIf cfg.enable {
     assertions = [
+      {
+        assertion = actualPublic == expectedPublic;
+        message = ''
+          networking.firewall opens ${lib.concatMapStringsSep ", " toString actualPublic} on every interface, but
+          nixos/lib/topology.nix (publicPorts, which the AWS security groups mirror) says
+          ${lib.concatMapStringsSep ", " toString expectedPublic}. Update publicPortsOf there.
+        '';
+      }
       {
         assertion = unexpectedPublic == [];
         message = ''

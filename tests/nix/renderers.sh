@@ -4,7 +4,9 @@
 #   1. topology.nix: derived views of the inventory; an added app host propagates;
 #      the scrape configs pass `promtool check config`
 #   2. haproxy.nix: the cluster, all-in-one and a local variant pass `haproxy -c`
-#      (warnings are errors); the local one runs on loopback high ports in front of
+#      (warnings are errors); the inventory's pools are DNS server-templates whose
+#      records (discovery.nix), served by a real dnsmasq, list every app host; the
+#      local one runs on loopback high ports in front of
 #      throwaway backends: path routing, /readyz health checks, X-Forwarded-For
 #      replaced, X-Forwarded-Proto, HSTS, redirect, h2, metrics, per-client limits
 #   3. broker-acl.nix: a real mosquitto with the rendered ACL file enforces it
@@ -13,7 +15,7 @@
 #   5. nixos/files/fail2ban/hubbub-auth.conf: `fail2ban-regex` matches every
 #      failure line (IPv4/IPv6; journal, text and JSON forms) and nothing else
 #   6. nixos/files/grafana/hubbub.json: valid JSON, valid PromQL, known metrics only
-# Needs: nix-instantiate, haproxy, promtool, mosquitto, mosquitto_pub/_sub,
+# Needs: nix-instantiate, haproxy, dnsmasq, promtool, mosquitto, mosquitto_pub/_sub,
 # mosquitto_passwd, fail2ban-regex, openssl, python3.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -158,10 +160,37 @@ for variant in cluster allinone app3; do
   nix_raw "import ./nixos/lib/haproxy.nix { inventory = $i; certificate = \"$work/tls/edge.pem\"; acmeChallenge = \"127.0.0.1:8402\"; }" >"$work/$variant.cfg" || bad "haproxy.nix ($variant) does not evaluate"
   haproxy_check "$variant" "$work/$variant.cfg"
 done
-if grep -q '^  server app3 10.42.0.13:8083 check' "$work/app3.cfg" && [ "$(grep -c '^  server app3 10\.42\.0\.13:808[1-4] ' "$work/app3.cfg")" = 4 ]; then
-  ok "haproxy: the added app host is a server of all four pools"
+# The pools are found through DNS: one server-template per role on the role's
+# port, resolved by the `discovery` resolvers; an added host changes no HAProxy line.
+templates=$(grep -c '^  server-template \(visitors 1-10 visitors\.hubbub\.internal:8081\|chat 1-10 chat\.hubbub\.internal:8082\|broadcast 1-10 broadcast\.hubbub\.internal:8083\|buffs 1-10 buffs\.hubbub\.internal:8084\) resolvers discovery init-addr none ' "$work/cluster.cfg" || true)
+if [ "$templates" = 4 ] && grep -q '^  nameserver dns 127.0.0.1:53$' "$work/cluster.cfg" && ! grep '^  server ' "$work/cluster.cfg" | grep -qv '^  server acme ' && cmp -s "$work/cluster.cfg" "$work/app3.cfg"; then
+  ok "haproxy: the four pools are server-templates resolved through DNS; adding app3 leaves the configuration unchanged"
 else
-  bad "haproxy: app3 missing from the pools"
+  bad "haproxy: expected 4 server-templates on the discovery resolvers, no fixed app servers, and the same text with app3"
+fi
+
+# The records come from the inventory (discovery.nix), served by a real dnsmasq
+# with the rendered configuration (what nixos/profiles/proxy.nix runs).
+mkdir -p "$work/dns"
+read -r p_dns <<<"$(free_ports 1)"
+nix_raw "(import ./nixos/lib/discovery.nix { inventory = $inv_app3; }).hosts" >"$work/dns/hosts" || bad "discovery.nix hosts do not evaluate"
+nix_raw "(import ./nixos/lib/discovery.nix {
+  inventory = $inv_app3; hostsFile = \"$work/dns/hosts\"; port = $p_dns;
+  extraSettings = { pid-file = \"$work/dns/pid\"; user = \"\"; };
+}).config" >"$work/dns/dnsmasq.conf" || bad "discovery.nix config does not evaluate"
+if ! command -v dnsmasq >/dev/null; then
+  bad "dnsmasq is not installed (tests/run installs dnsmasq-base)"
+elif ! out=$(dnsmasq --test -C "$work/dns/dnsmasq.conf" 2>&1); then
+  bad "dnsmasq --test: $out"
+else
+  dnsmasq -k -C "$work/dns/dnsmasq.conf" >"$work/dns/out" 2>&1 &
+  pids+=($!)
+  got=$(python3 tests/nix/dns-query.py "$p_dns" visitors.hubbub.internal broadcast.hubbub.internal nothing.hubbub.internal example.org) || got="no answer"
+  if [ "$got" = "0:10.42.0.11,10.42.0.12,10.42.0.13 0:10.42.0.11,10.42.0.12,10.42.0.13 3: 5:" ]; then
+    ok "dnsmasq with the rendered configuration: <role>.hubbub.internal lists every app host (app3 included), other names NXDOMAIN, nothing forwarded"
+  else
+    bad "dnsmasq answers: $got ($(tail -n 3 "$work/dns/out"))"
+  fi
 fi
 if grep -q '^  bind 10.42.0.10:8405$' "$work/cluster.cfg" && grep -q 'use-service prometheus-exporter' "$work/cluster.cfg"; then
   ok "haproxy: Prometheus endpoint bound to the proxy's private address and inventory port"

@@ -1,6 +1,7 @@
 //! hubbub as the NixOS module runs it: the real binary, a TOML file, and a
 //! credentials directory (`CREDENTIALS_DIRECTORY`) holding the secrets as files.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub async fn migrate(config: &Path, credentials: &Path) -> anyhow::Result<String
 
 pub struct HubbubProcess {
     pub role: Role,
+    /// The loopback address both listeners bind (127.0.0.1 unless started with `start_at`).
+    pub host: IpAddr,
     pub port: u16,
     pub admin_port: u16,
     config: PathBuf,
@@ -43,15 +46,39 @@ impl HubbubProcess {
         credentials: &Path,
         dir: &Path,
     ) -> anyhow::Result<Self> {
-        let port = free_port();
+        let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Self::start_at(
+            role,
+            config,
+            credentials,
+            dir,
+            host,
+            free_port(),
+            free_port(),
+        )
+        .await
+    }
+
+    /// As `start`, with both listeners on `host` (an address of 127.0.0.0/8, so that
+    /// several instances of a role share the ports, as app hosts do).
+    pub async fn start_at(
+        role: Role,
+        config: &Path,
+        credentials: &Path,
+        dir: &Path,
+        host: IpAddr,
+        port: u16,
+        admin_port: u16,
+    ) -> anyhow::Result<Self> {
         let mut process = Self {
             role,
+            host,
             port,
-            admin_port: free_port(),
+            admin_port,
             config: config.to_path_buf(),
             credentials: credentials.to_path_buf(),
-            state: dir.join(format!("state-{role}-{port}")),
-            log: dir.join(format!("hubbub-{role}-{port}.log")),
+            state: dir.join(format!("state-{role}-{host}-{port}")),
+            log: dir.join(format!("hubbub-{role}-{host}-{port}.log")),
             child: None,
         };
         process.start_again().await?;
@@ -70,10 +97,13 @@ impl HubbubProcess {
             .args(["serve", self.role.as_str()])
             .env("CREDENTIALS_DIRECTORY", &self.credentials)
             .env("STATE_DIRECTORY", &self.state)
-            .env("HUBBUB_HTTP__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env(
+                "HUBBUB_HTTP__LISTEN",
+                format!("{}:{}", self.host, self.port),
+            )
             .env(
                 "HUBBUB_ADMIN__LISTEN",
-                format!("127.0.0.1:{}", self.admin_port),
+                format!("{}:{}", self.host, self.admin_port),
             )
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info");
@@ -81,7 +111,7 @@ impl HubbubProcess {
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = reqwest::Client::new();
         loop {
-            let url = format!("http://127.0.0.1:{}/healthz", self.port);
+            let url = self.url("/healthz");
             if client
                 .get(&url)
                 .send()
@@ -135,11 +165,11 @@ impl HubbubProcess {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
     }
 
     pub fn metrics_url(&self) -> String {
-        format!("http://127.0.0.1:{}/metrics", self.admin_port)
+        format!("http://{}:{}/metrics", self.host, self.admin_port)
     }
 }
 

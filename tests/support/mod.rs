@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod dns;
+pub mod elastic;
+pub mod follower;
 pub mod haproxy;
 pub mod hubbub;
 pub mod mosquitto;

@@ -73,6 +73,21 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(per_role: usize) -> anyhow::Result<Self> {
+        let mut stack = Self::data_tier().await?;
+        for role in Role::ALL {
+            let (config, credentials) = stack.write_role_files(role)?;
+            for _ in 0..per_role {
+                let process =
+                    HubbubProcess::start(role, &config, &credentials, stack.dir.path()).await?;
+                stack.processes.push(process);
+            }
+        }
+        stack.start_haproxy().await?;
+        Ok(stack)
+    }
+
+    /// PostgreSQL (migrated), Redis and Mosquitto, without hubbub processes or HAProxy.
+    pub async fn data_tier() -> anyhow::Result<Self> {
         let dir = super::scratch::tempdir("hubbub-e2e-")?;
         let postgres = Postgres::start().await?;
         let url = postgres.create_database().await?;
@@ -89,7 +104,7 @@ impl Stack {
         let broker = Mosquitto::builder().users(users).tls().start().await?;
         let ca_pem = broker.ca_pem_path().context("broker CA")?.to_path_buf();
 
-        let mut stack = Self {
+        let stack = Self {
             dir,
             database,
             postgres,
@@ -104,15 +119,6 @@ impl Stack {
         };
         let visitors_config = stack.write_role_files(Role::Visitors)?;
         migrate(&visitors_config.0, &visitors_config.1).await?;
-        for role in Role::ALL {
-            let (config, credentials) = stack.write_role_files(role)?;
-            for _ in 0..per_role {
-                let process =
-                    HubbubProcess::start(role, &config, &credentials, stack.dir.path()).await?;
-                stack.processes.push(process);
-            }
-        }
-        stack.start_haproxy().await?;
         Ok(stack)
     }
 
@@ -155,20 +161,8 @@ impl Stack {
     }
 
     async fn start_haproxy(&mut self) -> anyhow::Result<()> {
+        let combined = self.edge_certificate()?;
         let dir = self.dir.path();
-        let cert_dir = dir.join("edge-tls");
-        std::fs::create_dir_all(&cert_dir)?;
-        let edge = tls::generate(&cert_dir)?;
-        // HAProxy wants the certificate and its key in one file.
-        let combined = cert_dir.join("edge.pem");
-        std::fs::write(
-            &combined,
-            format!(
-                "{}{}",
-                std::fs::read_to_string(&edge.cert_pem)?,
-                std::fs::read_to_string(&edge.key_pem)?
-            ),
-        )?;
         let backends: BTreeMap<String, Vec<serde_json::Value>> = Role::ALL
             .iter()
             .map(|role| {
@@ -192,6 +186,24 @@ impl Stack {
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config)?;
         self.haproxy = Some(Haproxy::start(&path, self.https_port, dir).await?);
+        Ok(())
+    }
+
+    /// The edge certificate HAProxy serves (certificate and key in one PEM, as HAProxy
+    /// wants them), with `client` set to trust its CA; returns the PEM's path.
+    pub fn edge_certificate(&mut self) -> anyhow::Result<PathBuf> {
+        let cert_dir = self.dir.path().join("edge-tls");
+        std::fs::create_dir_all(&cert_dir)?;
+        let edge = tls::generate(&cert_dir)?;
+        let combined = cert_dir.join("edge.pem");
+        std::fs::write(
+            &combined,
+            format!(
+                "{}{}",
+                std::fs::read_to_string(&edge.cert_pem)?,
+                std::fs::read_to_string(&edge.key_pem)?
+            ),
+        )?;
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&edge.ca_pem)?)?;
         self.client = reqwest::Client::builder()
             .add_root_certificate(ca)
@@ -199,7 +211,7 @@ impl Stack {
             .connect_timeout(std::time::Duration::from_secs(5))
             .read_timeout(std::time::Duration::from_secs(30))
             .build()?;
-        Ok(())
+        Ok(combined)
     }
 
     /// `https://localhost:PORT/path` through HAProxy.
