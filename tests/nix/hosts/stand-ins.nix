@@ -11,7 +11,11 @@
 #   are declared with the types and defaults nixpkgs (26.05) and agenix
 #   (b027ee29) give them.
 # - `pkgs` is a set of inert stand-in derivations: nothing is built.
-{lib, ...}: let
+{
+  lib,
+  config,
+  ...
+}: let
   inherit (lib) mkOption types;
 
   fakePackage = name: {
@@ -144,7 +148,14 @@
     default = false;
   };
 in {
-  config._module.args.pkgs = pkgs;
+  config = {
+    _module.args.pkgs = pkgs;
+    # nixos/modules/services/networking/ssh/sshd.nix: the one nixpkgs module we
+    # use that opens a public port by itself (openFirewall defaults to true).
+    networking.firewall.allowedTCPPorts =
+      lib.mkIf (config.services.openssh.enable && config.services.openssh.openFirewall)
+      config.services.openssh.ports;
+  };
 
   options = {
     # nixos/modules/misc/assertions.nix
@@ -210,8 +221,19 @@ in {
     services.haproxy = anyValue;
     services.hydra = anyValue;
     services.nginx = anyValue;
-    services.openssh = anyValue;
+    services.openssh = namespace {
+      inherit enable;
+      openFirewall = mkOption {
+        type = types.bool;
+        default = true;
+      };
+      ports = mkOption {
+        type = types.listOf types.port;
+        default = [22];
+      };
+    };
     services.fail2ban = anyValue;
+    services.dnsmasq = anyValue;
 
     # nixos/modules/services/databases/postgresql.nix, postgresql-backup.nix
     services.postgresql = {
