@@ -136,7 +136,7 @@ window.hubbub = (function () {
     if (!region) return;
     region.textContent = "";
     clearTimeout(announceTimer);
-    // A fresh node each time, so the same words twice are still announced.
+    // Emptied first and filled a moment later, so the same words twice are announced twice.
     announceTimer = setTimeout(() => { region.textContent = text.slice(0, 300); }, 60);
   }
 

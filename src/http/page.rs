@@ -103,12 +103,12 @@ impl Page<'_> {
     }
 }
 
-/// An HTML page as a response. `Cache-Control` is the caller's: `no-store` for a
-/// page that records something, `no-cache` for a static one (it names this
-/// build's asset versions, so it must be revalidated after a deployment).
-pub fn response(html: impl Into<String>, cache_control: &'static str) -> Response {
+/// A page rendered once per process, as a response. `Cache-Control` is the
+/// caller's: `no-cache` for a static page (it names this build's asset versions,
+/// so it must be revalidated after a deployment).
+pub fn response(html: &'static str, cache_control: &'static str) -> Response {
     warp::reply::with_header(
-        warp::reply::html(html.into()),
+        warp::reply::html(html),
         header::CACHE_CONTROL,
         cache_control,
     )
