@@ -133,24 +133,27 @@
     h.fieldError($("text"), $("text-error"), "");
   }
 
-  // After a 429: the wait, counted down next to the input; sending resumes after it.
+  // After a 429: the wait is said once next to the input (an alert that changed
+  // every second would be read out every second) and counted down on the button;
+  // sending resumes after it.
   function coolDown(seconds) {
     const button = $("send-button");
     let left = Math.max(1, seconds);
     clearInterval(cooldownTimer);
+    h.fieldError($("text"), $("text-error"), "Too many messages: you can send again in " + left + " s. Your message is kept.");
     const tick = () => {
       if (left <= 0) {
         clearInterval(cooldownTimer);
         cooldownTimer = null;
         button.disabled = false;
+        button.textContent = "Send";
         h.fieldError($("text"), $("text-error"), "");
         return;
       }
-      $("text-error").textContent = "Too many messages: you can send again in " + left + " s. Your message is kept.";
+      button.textContent = "Wait " + left + " s";
       left -= 1;
     };
     button.disabled = true;
-    $("text").setAttribute("aria-invalid", "true");
     tick();
     cooldownTimer = setInterval(tick, 1000);
   }
@@ -184,6 +187,7 @@
     if (result.ok) {
       rememberOwn(result.data.id);
       if ($("text").value === text) $("text").value = "";
+      $("text").focus();
       if (sentTo === channel) {
         // The stream may have brought it first, before we knew it was ours.
         const early = shown.get(result.data.id);
