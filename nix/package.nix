@@ -23,8 +23,8 @@
   };
 
   # Cargo sources (Cargo.toml/Cargo.lock, *.rs, *.toml) plus every non-Rust file
-  # the crate embeds: assets/ (include_str! in src/http/assets.rs and
-  # src/roles/chat/mod.rs) and the migration crate. tools/ is a separate cargo
+  # the crate embeds: assets/ (include_str! in src/http/assets.rs, and the page
+  # bodies in assets/pages/ in the roles) and the migration crate. tools/ is a separate cargo
   # project (excluded from the workspace) and stays out, as does a local
   # target/ (a `path:` flake reference copies untracked files too).
   src = lib.fileset.toSource {

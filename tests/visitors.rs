@@ -137,7 +137,7 @@ async fn page_shows_counts_owner_and_build_safely() {
     assert!(html.contains("href=\"https://example.org/?a=1&amp;b=2\""));
     assert!(html.contains("hubbub 0.1.0 (build "));
     assert!(
-        html.contains("href=\"/assets/hubbub.css\""),
+        html.contains("href=\"/assets/hubbub.css?v="),
         "assets are served locally"
     );
     assert!(!html.contains("http://") && !html.contains("//cdn"));

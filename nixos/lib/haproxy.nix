@@ -45,7 +45,7 @@
 # What the text does: TLS on httpsBind (h2 and http/1.1, TLS >= 1.2, HSTS), http redirected
 # (301); routing by path: /api/chat/<channel>/events and /api/buffs/events -> broadcast
 # (leastconn, long tunnel timeout), /api/chat[/...] and /chat/... -> chat, /api/buffs[/...],
-# /buff, /buffs -> buffs, everything else -> visitors; health checks GET /readyz (200 = up);
+# /buff, /buffs[/...], /admin/buffs[/...] -> buffs, everything else -> visitors; health checks GET /readyz (200 = up);
 # the client's X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Host are dropped, then
 # X-Forwarded-For (the client address) and X-Forwarded-Proto https set; access log to `log`.
 # It starts with its own `global` section: services.haproxy puts one with the stats socket
@@ -238,8 +238,8 @@
     acl stream path /api/buffs/events
     acl chat path /api/chat /chat
     acl chat path_beg /api/chat/ /chat/
-    acl buffs path /api/buffs /buff /buffs
-    acl buffs path_beg /api/buffs/ /buffs/
+    acl buffs path /api/buffs /buff /buffs /admin/buffs
+    acl buffs path_beg /api/buffs/ /buffs/ /admin/buffs/
     tcp-request connection track-sc0 src table st_connections
     http-request track-sc1 src table st_requests unless stream
     http-request track-sc2 src table st_streams if stream

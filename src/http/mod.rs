@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod html;
 pub mod middleware;
+pub mod page;
 pub mod server;
 
 pub use error::ApiError;

@@ -371,6 +371,7 @@ routes = [
     ("/api/chat/lobby/messages", "chat"), ("/api/chat", "chat"), ("/chat/", "chat"),
     ("/api/chat/lobby/events/more", "chat"),
     ("/api/buffs", "buffs"), ("/api/buffs/42", "buffs"), ("/buff", "buffs"), ("/buffs", "buffs"),
+    ("/buffs/", "buffs"), ("/admin/buffs", "buffs"), ("/admin/buffs/", "buffs"), ("/admin/buffsx", "visitors"),
     ("/api/chat/lobby/events", "broadcast"), ("/api/chat/lobby/events?last_event_id=7", "broadcast"),
     ("/api/buffs/events", "broadcast"),
 ]

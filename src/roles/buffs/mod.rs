@@ -1,11 +1,12 @@
 //! Role `buffs`: staff create quiz questions (bearer token), viewers list and read
-//! them; new buffs go out on the bus to the broadcast role's SSE stream.
+//! them; new buffs go out on the bus to the broadcast role's SSE stream. Also the
+//! viewers' page (`/buffs/`) and the staff dashboard (`/admin/buffs/`).
 
 mod auth;
 pub mod buff;
 pub mod store;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -15,10 +16,12 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, filters::BoxedFilter};
 
+use crate::build_info::BUILD_INFO;
 use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::configuration::Settings;
 use crate::domain::{Answers, Question};
+use crate::http::page::{self, Page, Section};
 use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, RelayMetrics};
@@ -156,10 +159,16 @@ impl Buffs {
                 .and(with_role.clone())
                 .and(warp::query::raw().or(warp::any().map(String::new)).unify())
                 .then(move |role: Arc<Self>, query: String| async move {
-                    let reply = match role.list(&query).await {
+                    let mut reply = match role.list(&query).await {
                         Ok(reply) => reply,
                         Err(error) => error.into_response(),
                     };
+                    if template == "/buffs" {
+                        // What a browser gets there depends on Accept (see `viewer`).
+                        reply
+                            .headers_mut()
+                            .insert(header::VARY, HeaderValue::from_static("accept"));
+                    }
                     tagged(ROLE, template, reply)
                 })
                 .boxed()
@@ -174,7 +183,48 @@ impl Buffs {
                 };
                 tagged(ROLE, "/api/buffs/{id}", reply)
             });
-        create(warp::path!("api" / "buffs").boxed(), "/api/buffs")
+        // The viewers' page is `/buffs/`; `/buffs` stays the old JSON list, except that
+        // a browser navigating there (HTML first in Accept) is sent to the page.
+        let viewer = warp::path!("buffs")
+            .and(warp::get())
+            .and(warp::path::full())
+            .and(warp::header::optional::<String>("accept"))
+            .and_then(
+                |full: warp::path::FullPath, accept: Option<String>| async move {
+                    if full.as_str() == "/buffs/" {
+                        Ok(tagged(
+                            ROLE,
+                            "/buffs/",
+                            page::response(VIEWER_PAGE.as_str(), "no-cache"),
+                        ))
+                    } else if accept.as_deref().is_some_and(prefers_html) {
+                        let mut reply = warp::reply::with_header(
+                            StatusCode::PERMANENT_REDIRECT,
+                            header::LOCATION,
+                            "/buffs/",
+                        )
+                        .into_response();
+                        reply
+                            .headers_mut()
+                            .insert(header::VARY, HeaderValue::from_static("accept"));
+                        Ok(tagged(ROLE, "/buffs", reply))
+                    } else {
+                        Err(warp::reject::not_found())
+                    }
+                },
+            );
+        let dashboard = warp::path!("admin" / "buffs").and(warp::get()).map(|| {
+            tagged(
+                ROLE,
+                "/admin/buffs/",
+                page::response(DASHBOARD_PAGE.as_str(), "no-cache"),
+            )
+        });
+        viewer
+            .or(dashboard)
+            .unify()
+            .or(create(warp::path!("api" / "buffs").boxed(), "/api/buffs"))
+            .unify()
             .or(create(warp::path!("buff").boxed(), "/buff"))
             .unify()
             .or(list(warp::path!("api" / "buffs").boxed(), "/api/buffs"))
@@ -288,6 +338,40 @@ impl Buffs {
     }
 }
 
+/// Whether a request's Accept header puts HTML first, as a browser navigating does.
+fn prefers_html(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .and_then(|range| range.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/html"))
+}
+
+/// The viewers' page, rendered once; `buffs.js` fills it and keeps it live.
+static VIEWER_PAGE: LazyLock<String> = LazyLock::new(|| {
+    Page {
+        title: "Buffs",
+        section: Section::Buffs,
+        main: include_str!("../../../assets/pages/buffs.html"),
+        scripts: &["buffs.js"],
+        footer: "",
+    }
+    .render(&BUILD_INFO)
+});
+
+/// The staff dashboard, rendered once. It holds no secret: the admin token is
+/// typed into it and kept in the tab's sessionStorage by `dashboard.js`.
+static DASHBOARD_PAGE: LazyLock<String> = LazyLock::new(|| {
+    Page {
+        title: "Buffs dashboard",
+        section: Section::Dashboard,
+        main: include_str!("../../../assets/pages/dashboard.html"),
+        scripts: &["dashboard.js"],
+        footer: "",
+    }
+    .render(&BUILD_INFO)
+});
+
 fn parse_id(text: &str, field: &str) -> Result<i64, ApiError> {
     text.parse::<i64>()
         .ok()
@@ -297,4 +381,20 @@ fn parse_id(text: &str, field: &str) -> Result<i64, ApiError> {
 
 fn json_response(json: String) -> Response {
     warp::reply::with_header(json, header::CONTENT_TYPE, "application/json").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_html;
+
+    #[test]
+    fn browsers_navigating_prefer_html() {
+        assert!(prefers_html(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        ));
+        assert!(prefers_html("Text/HTML; q=1"));
+        assert!(!prefers_html("*/*"));
+        assert!(!prefers_html("application/json, text/html"));
+        assert!(!prefers_html(""));
+    }
 }

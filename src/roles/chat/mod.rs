@@ -1,23 +1,25 @@
 //! Role `chat`: post messages (stored first, then relayed to the bus), read history,
-//! and the demo client page.
+//! and the chat page.
 
 pub mod message;
 mod rate_limit;
 pub mod store;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use prometheus::IntCounter;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use warp::http::{StatusCode, header};
+use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, filters::BoxedFilter};
 
+use crate::build_info::BUILD_INFO;
 use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::configuration::Settings;
 use crate::domain::{Channel, MessageText, UserName};
+use crate::http::page::{self, Page, Section};
 use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, RelayMetrics};
@@ -128,7 +130,8 @@ impl Chat {
                     tagged(ROLE, "/api/chat/{channel}/messages", reply)
                 },
             );
-        // `/chat` and `/chat/` alike; the page refers to everything by absolute path.
+        // `/chat` and `/chat/` alike (`?channel=` picks the channel); the page refers
+        // to everything by absolute path.
         let page = warp::path("chat")
             .and(warp::path::end())
             .and(warp::get())
@@ -136,11 +139,7 @@ impl Chat {
                 tagged(
                     ROLE,
                     "/chat/",
-                    warp::reply::with_header(
-                        warp::reply::html(CHAT_PAGE),
-                        header::CACHE_CONTROL,
-                        "no-cache",
-                    ),
+                    page::response(CHAT_PAGE.as_str(), "no-cache"),
                 )
             });
         post.or(history).unify().or(page).unify().boxed()
@@ -211,4 +210,14 @@ impl Chat {
     }
 }
 
-const CHAT_PAGE: &str = include_str!("../../../assets/chat.html");
+/// The chat page, rendered once: it is the same for everyone; `chat.js` does the rest.
+static CHAT_PAGE: LazyLock<String> = LazyLock::new(|| {
+    Page {
+        title: "Chat",
+        section: Section::Chat,
+        main: include_str!("../../../assets/pages/chat.html"),
+        scripts: &["chat.js"],
+        footer: "",
+    }
+    .render(&BUILD_INFO)
+});

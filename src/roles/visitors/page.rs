@@ -1,7 +1,9 @@
-//! The visitor page, rendered on the server with every value escaped.
+//! The visitor page, rendered on the server with every value escaped. The totals
+//! keep moving while it is open: `visitors.js` polls `/api/stats`.
 
 use crate::build_info::BuildInfo;
 use crate::http::html::escape;
+use crate::http::page::{Page, Section};
 
 use super::store::Visit;
 
@@ -20,37 +22,36 @@ pub fn render(visit: &Visit, owner: &Owner<'_>, build: &BuildInfo) -> String {
         ),
         None => escape(owner.name),
     };
-    format!(
-        "<!doctype html>
-<html lang=\"en\">
-<head>
-<meta charset=\"utf-8\">
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
-<title>hubbub visitors</title>
-<link rel=\"stylesheet\" href=\"/assets/hubbub.css\">
-</head>
-<body>
-<main>
-<h1>Welcome</h1>
-<p>You have visited this page <span class=\"count\" id=\"visits\">{visits}</span> {times}.</p>
+    let main = format!(
+        "<h1>Welcome to hubbub</h1>
+<p class=\"lead\">You have visited this page <span class=\"count\" id=\"visits\">{visits}</span> {times}.</p>
+<section class=\"panel\" aria-labelledby=\"totals-heading\">
+<h2 id=\"totals-heading\">Everyone so far</h2>
 <dl class=\"stats\">
-<dt>Unique visitors</dt><dd id=\"unique-visitors\">{unique}</dd>
-<dt>Total visits</dt><dd id=\"total-visits\">{total}</dd>
+<div class=\"stat\"><dt>Unique visitors</dt><dd id=\"unique-visitors\">{unique}</dd><dd class=\"hint\">different people who opened this page</dd></div>
+<div class=\"stat\"><dt>Total visits</dt><dd id=\"total-visits\">{total}</dd><dd class=\"hint\">page views by everyone, you included</dd></div>
 </dl>
-</main>
-<footer>
-<p>Run by {owner_html} · hubbub {version} (build {build}, commit {commit})</p>
-</footer>
-</body>
-</html>
-",
+<p class=\"muted\"><span id=\"stats-state\" class=\"state\" data-state=\"idle\">Updated when the page opened.</span></p>
+</section>
+<section aria-labelledby=\"more-heading\">
+<h2 id=\"more-heading\">While you are here</h2>
+<ul class=\"cards\">
+<li><a class=\"card\" href=\"/chat/\"><strong>Chat</strong><span>Talk with everyone watching, live.</span></a></li>
+<li><a class=\"card\" href=\"/buffs/\"><strong>Buffs</strong><span>Answer the questions as they are asked.</span></a></li>
+</ul>
+</section>",
         visits = visit.visits,
         unique = visit.totals.unique_visitors,
         total = visit.totals.total_visits,
-        version = escape(build.version),
-        build = escape(build.build),
-        commit = escape(build.commit),
-    )
+    );
+    Page {
+        title: "Welcome",
+        section: Section::Home,
+        main: &main,
+        scripts: &["visitors.js"],
+        footer: &format!("Run by {owner_html}"),
+    }
+    .render(build)
 }
 
 #[cfg(test)]
@@ -86,5 +87,7 @@ mod tests {
         assert!(
             page.contains("visited this page <span class=\"count\" id=\"visits\">1</span> time.")
         );
+        assert!(page.contains("Run by <a href="));
+        assert!(page.contains("hubbub 0.1.0 (build 7, commit abc)"));
     }
 }

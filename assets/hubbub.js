@@ -1,0 +1,303 @@
+// hubbub's shared page code (window.hubbub), loaded before each page's own script.
+// Rules every page follows: URLs are paths on this origin; anything a user or the
+// API wrote is inserted as text (textContent, Text nodes), never parsed as HTML;
+// every failure is shown to the user, next to what caused it.
+"use strict";
+
+window.hubbub = (function () {
+  const $ = (id) => document.getElementById(id);
+
+  // Builds an element. `props.text` becomes its textContent; children that are
+  // strings become Text nodes. Nothing here parses markup.
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "text") node.textContent = String(value);
+      else if (key === "class") node.className = value;
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  // localStorage / sessionStorage that never throws (private modes, full quota).
+  const store = {
+    get(kind, key) {
+      try { return window[kind].getItem(key); } catch (_) { return null; }
+    },
+    set(kind, key, value) {
+      try { window[kind].setItem(key, value); } catch (_) { /* not kept: fine */ }
+    },
+    remove(kind, key) {
+      try { window[kind].removeItem(key); } catch (_) { /* nothing to remove */ }
+    },
+  };
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // Growing pauses between retries: 1 s, 2 s, 4 s … at most 30 s, with jitter so
+  // that many pages do not come back at the same instant after an outage.
+  function backoff(attempt) {
+    const base = Math.min(30000, 1000 * 2 ** Math.min(attempt, 5));
+    return Math.round(base * (0.5 + Math.random() / 2));
+  }
+
+  function retrySeconds(header) {
+    if (!header) return null;
+    const seconds = Number(header);
+    if (Number.isFinite(seconds) && seconds >= 0) return Math.ceil(seconds);
+    const date = Date.parse(header);
+    return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+  }
+
+  function fallbackMessage(status, retryAfter) {
+    if (status === 413) return "That is larger than the server accepts.";
+    if (status === 429) {
+      return retryAfter === null
+        ? "Too many requests; wait a moment and try again."
+        : "Too many requests; try again in " + retryAfter + " s.";
+    }
+    if (status === 503) return "The service is busy or restarting; try again in a moment.";
+    return "The server answered " + status + ".";
+  }
+
+  // The API's error shape is {"error": code, "message": text}; a 400 for a field
+  // says "field: problem". HAProxy's own 429/503 answers are plain text.
+  function describe(response, data) {
+    const json = data !== null && typeof data === "object";
+    const retryAfter = retrySeconds(response.headers.get("retry-after"));
+    const code = json && typeof data.error === "string" ? data.error : "http_" + response.status;
+    let message = json && typeof data.message === "string" ? data.message : "";
+    let field = null;
+    let problem = message;
+    const named = code === "invalid_field" && /^([A-Za-z_][\w.[\]-]*): ([\s\S]*)$/.exec(message);
+    if (named) {
+      field = named[1].split(/[.[]/)[0];
+      problem = named[2];
+    }
+    if (!message) message = problem = fallbackMessage(response.status, retryAfter);
+    return { status: response.status, code, message, field, problem, retryAfter };
+  }
+
+  // One call to the JSON API. Never rejects: resolves to {ok, status, data} or
+  // {ok: false, status, error: {status, code, message, field, problem, retryAfter}}
+  // (status 0 when the server could not be reached).
+  async function api(path, options) {
+    let response;
+    try {
+      response = await fetch(path, Object.assign({ cache: "no-store", credentials: "same-origin" }, options));
+    } catch (_) {
+      const message = "Could not reach hubbub; check your connection and try again.";
+      return { ok: false, status: 0, error: { status: 0, code: "network", message, field: null, problem: message, retryAfter: null } };
+    }
+    let data = null;
+    try {
+      const type = response.headers.get("content-type") || "";
+      data = type.startsWith("application/json") ? await response.json() : (await response.text()).slice(0, 300);
+    } catch (_) {
+      data = null;
+    }
+    if (response.ok) return { ok: true, status: response.status, data };
+    return { ok: false, status: response.status, data, error: describe(response, data) };
+  }
+
+  // "Message" + "must not be empty" -> "Message must not be empty."
+  function fieldMessage(label, problem) {
+    const text = /^(must|is) /.test(problem) ? label + " " + problem : label + ": " + problem;
+    return /[.!?]$/.test(text) ? text : text + ".";
+  }
+
+  // Shows (or clears, with an empty message) the error under an input.
+  function fieldError(input, output, message) {
+    output.textContent = message || "";
+    if (message) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  }
+
+  const STATES = {
+    connecting: "Connecting…",
+    live: "Live",
+    reconnecting: "Reconnecting…",
+    offline: "Offline",
+  };
+
+  function showState(node, state, text) {
+    node.dataset.state = state;
+    node.textContent = text || STATES[state] || state;
+  }
+
+  // Says something to screen readers through the page's polite live region.
+  let announceTimer = null;
+  function announce(text) {
+    const region = $("announcer");
+    if (!region) return;
+    region.textContent = "";
+    clearTimeout(announceTimer);
+    // Emptied first and filled a moment later, so the same words twice are announced twice.
+    announceTimer = setTimeout(() => { region.textContent = text.slice(0, 300); }, 60);
+  }
+
+  // Follows a Server-Sent-Events stream of JSON messages. EventSource reconnects
+  // by itself, sending Last-Event-ID, and the server replays what was missed.
+  // When the browser gives up (the stream answered an error, e.g. 503 while no
+  // broadcast server is ready, or 429), a new stream is opened after a growing
+  // pause, resuming after the last id seen. `onState` gets connecting, live or
+  // reconnecting.
+  function follow(url, lastId, handlers) {
+    let last = lastId;
+    let source = null;
+    let timer = null;
+    let failures = 0;
+    let stopped = false;
+    const separator = url.includes("?") ? "&" : "?";
+
+    function open() {
+      timer = null;
+      handlers.onState(failures === 0 ? "connecting" : "reconnecting");
+      source = new EventSource(url + separator + "last_event_id=" + encodeURIComponent(String(last)));
+      source.onopen = () => {
+        failures = 0;
+        handlers.onState("live");
+      };
+      source.addEventListener("message", (event) => {
+        let data;
+        try {
+          data = JSON.parse(event.data);
+        } catch (_) {
+          return;
+        }
+        const id = Number(event.lastEventId);
+        if (Number.isSafeInteger(id) && id > last) last = id;
+        handlers.onEvent(data);
+      });
+      source.onerror = () => {
+        if (stopped) return;
+        if (source.readyState === EventSource.CLOSED) {
+          source.close();
+          timer = setTimeout(open, backoff(failures));
+          failures += 1;
+        }
+        handlers.onState("reconnecting");
+      };
+    }
+
+    // Leaving the page must close the stream: a page kept in the back/forward cache
+    // would otherwise hold its connection, and over HTTP/1.1 a browser has only six
+    // per server, so a few clicks between the pages would stall the next one.
+    const hide = () => {
+      clearTimeout(timer);
+      if (source) source.close();
+    };
+    const show = (event) => {
+      if (event.persisted && !stopped) {
+        failures = 0;
+        open();
+      }
+    };
+    window.addEventListener("pagehide", hide);
+    window.addEventListener("pageshow", show);
+
+    open();
+    return {
+      stop() {
+        stopped = true;
+        window.removeEventListener("pagehide", hide);
+        window.removeEventListener("pageshow", show);
+        hide();
+      },
+    };
+  }
+
+  // Loads a JSON list (history), then follows its stream from the newest id in it,
+  // so that nothing published in between is lost. While the list fails for want of
+  // a server, it is asked again after growing pauses (`onListError(error, waitMs)`);
+  // a refusal (400, 404 …) is not (`waitMs` null). Handlers: onList(items), onEvent(item), onState(state),
+  // onListError(error, waitMs). Returns {stop()}.
+  function loadAndFollow(listUrl, streamUrl, handlers) {
+    let stopped = false;
+    let stream = null;
+    (async () => {
+      for (let attempt = 0; ; attempt += 1) {
+        const result = await api(listUrl);
+        if (stopped) return;
+        if (result.ok && Array.isArray(result.data)) {
+          handlers.onList(result.data);
+          const lastId = result.data.reduce((max, item) => (Number.isSafeInteger(item.id) ? Math.max(max, item.id) : max), 0);
+          stream = follow(streamUrl, lastId, handlers);
+          return;
+        }
+        const error = result.ok
+          ? { status: result.status, code: "unexpected", message: "The server sent an unexpected answer.", field: null, problem: "", retryAfter: null }
+          : result.error;
+        // Asking again helps only when nothing answered, or the server was busy or down.
+        if (error.status !== 0 && error.status !== 429 && error.status < 500) {
+          handlers.onListError(error, null);
+          return;
+        }
+        const wait = Math.max(backoff(attempt), (error.retryAfter || 0) * 1000);
+        handlers.onListError(error, wait);
+        handlers.onState("reconnecting");
+        await sleep(wait);
+        if (stopped) return;
+      }
+    })();
+    return {
+      stop() {
+        stopped = true;
+        if (stream) stream.stop();
+      },
+    };
+  }
+
+  // Puts an item (made by `make()`, carrying data-id) into `list`, kept in id order
+  // (`newestFirst` or oldest first), once per id (`index`: id -> element), at most
+  // `max` items: the oldest go. Returns the element, or null when the id is already
+  // shown or older than everything kept in a full list.
+  function placeById(list, index, id, make, newestFirst, max) {
+    if (index.has(id)) return null;
+    const oldest = newestFirst ? list.lastElementChild : list.firstElementChild;
+    if (index.size >= max && oldest && id < Number(oldest.dataset.id)) return null;
+    const item = make();
+    if (newestFirst) {
+      let next = list.firstElementChild;
+      while (next && Number(next.dataset.id) > id) next = next.nextElementSibling;
+      list.insertBefore(item, next);
+    } else {
+      // New items usually belong at the end: walk back from there.
+      let next = null;
+      for (let node = list.lastElementChild; node && Number(node.dataset.id) > id; node = node.previousElementSibling) next = node;
+      list.insertBefore(item, next);
+    }
+    index.set(id, item);
+    while (index.size > max) {
+      const gone = newestFirst ? list.lastElementChild : list.firstElementChild;
+      index.delete(Number(gone.dataset.id));
+      gone.remove();
+    }
+    return item;
+  }
+
+  // "14:05", or "3 Mar, 14:05" when not today.
+  function time(iso) {
+    const date = new Date(iso);
+    if (Number.isNaN(date.getTime())) return "";
+    const clock = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (date.toDateString() === new Date().toDateString()) return clock;
+    return date.toLocaleDateString([], { day: "numeric", month: "short" }) + ", " + clock;
+  }
+
+  function timeElement(iso) {
+    return el("time", { datetime: iso, title: new Date(iso).toLocaleString(), text: time(iso) });
+  }
+
+  // Runs `start` once the document is parsed (scripts are deferred, so usually now).
+  function ready(start) {
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+    else start();
+  }
+
+  return { $, el, store, sleep, backoff, api, fieldMessage, fieldError, showState, announce, follow, loadAndFollow, placeById, time, timeElement, ready };
+})();
