@@ -572,7 +572,8 @@ async fn click_through_the_header(page: &Client) {
 }
 
 /// Contrast of every visible text against its background (WCAG AA), labels on every
-/// input, no positive tabindex: run on each page in each colour scheme.
+/// input, no positive tabindex, panels and cards drawn as surfaces, nothing wider
+/// than the screen: run on each page in each colour scheme.
 const ACCESSIBILITY: &str = r#"
 const rgb = (s) => (s.match(/[\d.]+/g) || []).map(Number);
 const lum = ([r, g, b]) => [r, g, b]
@@ -602,6 +603,10 @@ for (const field of document.querySelectorAll("input, textarea, select")) {
 }
 for (const node of document.querySelectorAll("[tabindex]")) {
   if (Number(node.getAttribute("tabindex")) > 0) problems.push(`positive tabindex: #${node.id}`);
+}
+for (const node of document.querySelectorAll(".panel, .buff, .card, .chat")) {
+  const style = getComputedStyle(node);
+  if (parseFloat(style.borderTopWidth) === 0 || rgb(style.backgroundColor)[3] === 0) problems.push(`no surface: <${node.tagName.toLowerCase()} class="${node.className}">`);
 }
 if (document.documentElement.scrollWidth > window.innerWidth + 1) problems.push(`scrolls sideways: ${document.documentElement.scrollWidth} > ${window.innerWidth}`);
 return { problems, background: getComputedStyle(document.body).backgroundColor, width: window.innerWidth };
