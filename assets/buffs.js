@@ -55,7 +55,7 @@
     if (!buff || !Number.isSafeInteger(buff.id) || !Array.isArray(buff.answers)) return;
     if (h.placeById($("buffs"), shown, buff.id, () => render(buff, fresh), true, MAX_SHOWN) === null) return;
     $("list-state").hidden = true;
-    if (fresh) h.announce("New question: " + buff.question);
+    if (fresh) h.announce("New question: " + buff.question, "questions");
   }
 
   function setListState(text, empty) {

@@ -76,7 +76,7 @@
     if (h.placeById(list, shown, message.id, () => render(message), false, MAX_SHOWN) === null) return;
     $("history-state").hidden = true;
     if (stick) list.scrollTop = list.scrollHeight;
-    if (live && !own.has(message.id)) h.announce(message.user + ": " + message.text);
+    if (live && !own.has(message.id)) h.announce(message.user + ": " + message.text, "messages");
   }
 
   function setHistoryState(text, empty) {

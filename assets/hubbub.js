@@ -124,20 +124,42 @@ window.hubbub = (function () {
     offline: "Offline",
   };
 
+  // The connection indicators are status regions: unchanged words are not set
+  // again, so a screen reader does not repeat "Reconnecting…" on every retry.
   function showState(node, state, text) {
+    const words = text || STATES[state] || state;
+    if (node.dataset.state === state && node.textContent === words) return;
     node.dataset.state = state;
-    node.textContent = text || STATES[state] || state;
+    node.textContent = words;
   }
 
-  // Says something to screen readers through the page's polite live region.
+  // Says something to screen readers through the page's polite live region, at
+  // most once every ANNOUNCE_GAP_MS: what comes in between is summed up in one
+  // sentence ("5 new messages; the latest: …"), so a busy chat is not read out
+  // line by line. `plural` names the things announced ("messages").
+  const ANNOUNCE_GAP_MS = 3000;
+  const waiting = { count: 0, latest: "", plural: "" };
   let announceTimer = null;
-  function announce(text) {
+  let spokenAt = -Infinity;
+  function speak() {
+    announceTimer = null;
     const region = $("announcer");
-    if (!region) return;
-    region.textContent = "";
-    clearTimeout(announceTimer);
+    const { count, latest, plural } = waiting;
+    const text = count === 1 ? latest : count + " new " + plural + "; the latest: " + latest;
+    waiting.count = 0;
+    spokenAt = Date.now();
     // Emptied first and filled a moment later, so the same words twice are announced twice.
-    announceTimer = setTimeout(() => { region.textContent = text.slice(0, 300); }, 60);
+    region.textContent = "";
+    setTimeout(() => { region.textContent = text.slice(0, 300); }, 60);
+  }
+  function announce(text, plural) {
+    if (!$("announcer")) return;
+    waiting.count += 1;
+    waiting.latest = text;
+    waiting.plural = plural || "updates";
+    if (announceTimer === null) {
+      announceTimer = setTimeout(speak, Math.max(0, spokenAt + ANNOUNCE_GAP_MS - Date.now()));
+    }
   }
 
   // Follows a Server-Sent-Events stream of JSON messages. EventSource reconnects

@@ -310,6 +310,31 @@ async fn chat(app: &TestApp, alice: &Client, bob: &Client) {
         "the announcement",
     )
     .await;
+    // A busy chat is not read out line by line: five messages 0.2 s apart are said
+    // in at most two announcements, the last one summing up.
+    script(
+        bob,
+        r#"const region = document.getElementById("announcer");
+           window.__said = [];
+           new MutationObserver(() => { if (region.textContent) window.__said.push(region.textContent); })
+             .observe(region, { childList: true, characterData: true, subtree: true });
+           for (let i = 1; i <= 5; i += 1) setTimeout(() => hubbub.announce("carol: line " + i, "messages"), 200 * i);
+           return null;"#,
+    )
+    .await;
+    wait_for(
+        bob,
+        Locator::XPath(
+            "//div[@id='announcer'][contains(., 'new messages; the latest: carol: line 5')]",
+        ),
+        "the summed-up announcement",
+    )
+    .await;
+    let said = script(bob, "return window.__said;").await;
+    assert!(
+        said.as_array().is_some_and(|said| said.len() <= 2),
+        "{said}"
+    );
 
     send_chat(bob, "hi alice").await;
     wait_for(
