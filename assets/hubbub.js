@@ -38,11 +38,13 @@ window.hubbub = (function () {
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  // Growing pauses between retries: 1 s, 2 s, 4 s … at most 30 s, with jitter so
-  // that many pages do not come back at the same instant after an outage.
+  // The pause before retry number `attempt` (0 first): anywhere between 0.5 s and a
+  // ceiling that doubles with each failure (4 s, 8 s, 16 s, then 30 s). Spread that
+  // wide ("full jitter"), the pages one outage cut off at the same instant (every
+  // viewer of a broadcast server that restarts) come back over seconds, not at once.
   function backoff(attempt) {
-    const base = Math.min(30000, 1000 * 2 ** Math.min(attempt, 5));
-    return Math.round(base * (0.5 + Math.random() / 2));
+    const ceiling = Math.min(30000, 4000 * 2 ** Math.min(attempt, 3));
+    return Math.round(500 + Math.random() * (ceiling - 500));
   }
 
   function retrySeconds(header) {
@@ -162,26 +164,31 @@ window.hubbub = (function () {
     }
   }
 
-  // Follows a Server-Sent-Events stream of JSON messages. EventSource reconnects
-  // by itself, sending Last-Event-ID, and the server replays what was missed.
-  // When the browser gives up (the stream answered an error, e.g. 503 while no
-  // broadcast server is ready, or 429), a new stream is opened after a growing
-  // pause, resuming after the last id seen. `onState` gets connecting, live or
-  // reconnecting.
+  // Follows a Server-Sent-Events stream of JSON messages; the server replays what
+  // was missed after `last_event_id`. Reconnecting is done here, not by the
+  // browser: EventSource would come back after the server's fixed `retry`, at the
+  // same instant on every page that one restart cut off, and again and again while
+  // the server is away. Here every error closes the stream and a new one opens
+  // after a jittered, growing pause (`backoff`), resuming after the last id seen;
+  // the pauses start short again once a stream has stayed up for STEADY_MS.
+  // `onState` gets connecting, live or reconnecting.
+  const STEADY_MS = 10000;
   function follow(url, lastId, handlers) {
     let last = lastId;
     let source = null;
     let timer = null;
     let failures = 0;
+    let openedAt = null;
     let stopped = false;
     const separator = url.includes("?") ? "&" : "?";
 
     function open() {
       timer = null;
+      openedAt = null;
       handlers.onState(failures === 0 ? "connecting" : "reconnecting");
       source = new EventSource(url + separator + "last_event_id=" + encodeURIComponent(String(last)));
       source.onopen = () => {
-        failures = 0;
+        openedAt = Date.now();
         handlers.onState("live");
       };
       source.addEventListener("message", (event) => {
@@ -196,12 +203,12 @@ window.hubbub = (function () {
         handlers.onEvent(data);
       });
       source.onerror = () => {
-        if (stopped) return;
-        if (source.readyState === EventSource.CLOSED) {
-          source.close();
-          timer = setTimeout(open, backoff(failures));
-          failures += 1;
-        }
+        source.close();
+        if (stopped || timer !== null) return;
+        if (openedAt !== null && Date.now() - openedAt >= STEADY_MS) failures = 0;
+        openedAt = null;
+        timer = setTimeout(open, backoff(failures));
+        failures += 1;
         handlers.onState("reconnecting");
       };
     }
@@ -211,6 +218,7 @@ window.hubbub = (function () {
     // per server, so a few clicks between the pages would stall the next one.
     const hide = () => {
       clearTimeout(timer);
+      timer = null;
       if (source) source.close();
     };
     const show = (event) => {

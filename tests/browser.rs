@@ -266,14 +266,8 @@ async fn scenario() {
     screenshots_and_checks(&app, &bob).await;
     phase("screenshots and checks");
 
-    // The server goes away: an open page says so (and EventSource keeps trying).
-    app.stop().await;
-    wait_for(
-        &bob,
-        Locator::Css("#connection[data-state='reconnecting']"),
-        "the reconnecting state",
-    )
-    .await;
+    reconnects_spread_out(app, &bob).await;
+    phase("reconnect after the server went away");
     for page in [alice, bob, carol] {
         page.close().await.expect("close");
     }
@@ -393,6 +387,90 @@ async fn chat(app: &TestApp, alice: &Client, bob: &Client) {
         "the channel error",
     )
     .await;
+}
+
+/// Records every EventSource the page makes: its address, when it was made and when
+/// it first failed (`performance.now()` ms). Installed before the page's own scripts.
+const STREAM_SPY: &str = r#"
+window.__streams = [];
+const NativeEventSource = window.EventSource;
+window.EventSource = class extends NativeEventSource {
+  constructor(url, init) {
+    super(url, init);
+    const entry = { url: String(url), made: performance.now(), failed: null };
+    window.__streams.push(entry);
+    this.addEventListener("error", () => { if (entry.failed === null) entry.failed = performance.now(); });
+  }
+};
+"#;
+
+/// The server goes away under an open chat: the page says so, closes its stream and
+/// opens a new one itself after a jittered pause (not after the server's fixed
+/// `retry`, at the same instant as every other page), resuming after the last
+/// message it has. The pauses of many pages spread over seconds.
+async fn reconnects_spread_out(app: TestApp, page: &Client) {
+    cdp(
+        page,
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": STREAM_SPY }),
+    )
+    .await;
+    page.goto(&app.url("/chat/?channel=lobby"))
+        .await
+        .expect("open the chat");
+    live(page, "the chat before the outage").await;
+    let newest = css(page, "#messages li:last-child")
+        .await
+        .attr("data-id")
+        .await
+        .expect("attr")
+        .expect("the newest message's id");
+
+    app.stop().await;
+    wait_for(
+        page,
+        Locator::Css("#connection[data-state='reconnecting']"),
+        "the reconnecting state",
+    )
+    .await;
+    let streams = tokio::time::timeout(WAIT, async {
+        loop {
+            let streams = script(page, "return window.__streams;").await;
+            if streams.as_array().is_some_and(|s| s.len() >= 2) {
+                return streams;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the page opened a new stream by itself");
+    let failed = streams[0]["failed"]
+        .as_f64()
+        .expect("the first stream failed");
+    let reopened = streams[1]["made"].as_f64().expect("a time");
+    assert!(
+        reopened - failed >= 450.0,
+        "the first retry waits at least 0.5 s: {streams}"
+    );
+    let url = streams[1]["url"].as_str().expect("url");
+    assert!(
+        url.ends_with(&format!("last_event_id={newest}")),
+        "resumes after the newest message ({newest}): {url}"
+    );
+    // What 10,000 pages cut off at once would wait before their first retry.
+    let spread = script(
+        page,
+        "const waits = Array.from({ length: 2000 }, () => hubbub.backoff(0));         return [Math.min(...waits), Math.max(...waits)];",
+    )
+    .await;
+    let (shortest, longest) = (
+        spread[0].as_f64().expect("ms"),
+        spread[1].as_f64().expect("ms"),
+    );
+    assert!(
+        shortest >= 500.0 && longest <= 4000.0 && longest - shortest >= 3000.0,
+        "first retries spread over 0.5 s to 4 s: {spread}"
+    );
 }
 
 /// Two viewers see a buff created on the dashboard appear live; the dashboard shows
