@@ -52,11 +52,23 @@ async fn every_page_shares_the_frame_and_a_strict_policy() {
             "{path}"
         );
         let csp = headers["content-security-policy"].to_str().expect("csp");
-        assert!(
-            csp.contains("script-src 'self'") && csp.contains("style-src 'self'"),
-            "{path}: {csp}"
-        );
-        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
+        let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(
+                directives.contains(&directive),
+                "{path}: {directive} in {csp}"
+            );
+        }
+        assert!(!csp.contains("unsafe-") && !csp.contains("data:") && !csp.contains('*'));
         assert!(headers.contains_key(CACHE_CONTROL), "{path}");
 
         // The header links every page and marks this one.
