@@ -84,6 +84,13 @@
       $("token").focus();
       return;
     }
+    // A header carries printable ASCII only: fetch would refuse anything else, and
+    // that refusal would read as "could not reach hubbub".
+    if (!/^[\x20-\x7e]+$/.test(token)) {
+      h.fieldError($("token"), $("token-error"), "The token can only hold letters, digits, spaces and ASCII punctuation.");
+      $("token").focus();
+      return;
+    }
     h.store.set("sessionStorage", TOKEN_KEY, token);
     const question = $("question").value;
     // Blank answer boxes are left out; the server checks the rest.

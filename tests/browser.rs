@@ -501,8 +501,17 @@ async fn buffs(app: &TestApp, admin: &Client, bob: &Client, carol: &Client) {
     live(admin, "the dashboard").await;
 
     let question = "Which team scores next?";
-    type_into(admin, "#token", "not-the-token").await;
     type_into(admin, "#question", question).await;
+    // A token no header can carry is named as the problem, not as a network failure.
+    type_into(admin, "#token", "tökén").await;
+    click(admin, "#create-button").await;
+    wait_for(
+        admin,
+        Locator::XPath("//p[@id='token-error'][contains(., 'can only hold')]"),
+        "the token's characters refused",
+    )
+    .await;
+    type_into(admin, "#token", "not-the-token").await;
     let answers = admin
         .find_all(Locator::Css("#answers input"))
         .await
