@@ -600,6 +600,12 @@ async fn buffs(app: &TestApp, admin: &Client, bob: &Client, carol: &Client) {
             "the announcement",
         )
         .await;
+        wait_for(
+            page,
+            Locator::XPath("//ol[@id='buffs']/li[1]//label[span = '<b>Nobody</b>']"),
+            "the markup answer shown as text",
+        )
+        .await;
         assert!(
             page.find_all(Locator::Css("#buffs .answers b"))
                 .await
