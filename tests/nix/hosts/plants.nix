@@ -33,6 +33,13 @@ in {
     modules = _: [{services.hubbub.settings.database.migrate_on_start = true;}];
     expect = "migrate_on_start must be false";
   };
+  # The migrate oneshot restarting through the failed state: the roles that
+  # require it would fail for good at its first exit 75 (a cold cluster).
+  restart-through-failed = {
+    hosts = ["app1"];
+    modules = _: [({lib, ...}: {systemd.services.hubbub-migrate.serviceConfig.RestartMode = lib.mkForce "normal";})];
+    expect = "without RestartMode=direct";
+  };
   # A credential naming a secret that no agenix entry of the host delivers.
   undelivered-credential = {
     hosts = ["app2"];
