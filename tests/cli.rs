@@ -441,11 +441,61 @@ fn secrets_of_any_type_never_appear_in_errors() {
     }
 }
 
+/// A table that holds secrets given as a value of another type (a URL where
+/// `[database]` belongs, say): the error names the key, never the value.
+#[test]
+fn a_secret_table_of_the_wrong_type_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (toml, key) in [
+        ("database = \"postgres://u:hunter2@h/db\"\n", "database"),
+        ("visitors = \"hunter2\"\n", "visitors"),
+        ("buffs = 84729110\n", "buffs"),
+    ] {
+        let config = dir.path().join("table.toml");
+        std::fs::write(&config, toml).expect("write");
+        let output = hubbub(
+            dir.path(),
+            &["--config", config.to_str().expect("path"), "check-config"],
+            &[],
+        );
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(&format!("`{key}`")), "{toml}: {err}");
+        assert!(
+            !err.contains("hunter2") && !err.contains("84729110"),
+            "{toml}: {err}"
+        );
+    }
+    for (variable, value) in [
+        ("HUBBUB_REDIS", "redis://:hunter2@cache:6379"),
+        ("HUBBUB_MQTT", "mqtts://hubbub:hunter2@broker:8883"),
+    ] {
+        let output = hubbub(dir.path(), &["check-config"], &[(variable, value)]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {err}");
+        assert!(!err.contains("hunter2"), "{variable}: {err}");
+    }
+}
+
 /// Passwords in URLs (userinfo and query) are hidden by check-config, and a
 /// parameter the driver would log with its value is refused by name.
 #[test]
 fn passwords_in_url_queries_are_redacted() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // A fragment (ignored by the driver) and libpq's `options` may hold one too.
+    for url in [
+        "postgres://u@h/db#password=hunter2",
+        "postgres://u@h/db?options=-c%20app.password%3Dhunter2&sslmode=require",
+    ] {
+        let output = hubbub(
+            dir.path(),
+            &["check-config"],
+            &[("HUBBUB_DATABASE__URL", url)],
+        );
+        let text = stdout(&output);
+        assert!(output.status.success(), "{url}: {}", stderr(&output));
+        assert!(!text.contains("hunter2"), "{url}: {text}");
+    }
     let output = hubbub(
         dir.path(),
         &["check-config"],

@@ -96,22 +96,33 @@ fn is_secret_parameter(name: &str) -> bool {
     SECRET_PARAMETERS.iter().any(|secret| name.contains(secret))
 }
 
-/// `url` as text with the password of its userinfo and the value of every secret
-/// query parameter replaced by `<redacted>`.
+/// Whether a query parameter's value is to be hidden: a secret parameter, or one
+/// that passes settings on (libpq's `options=-c app.password=…`) naming a secret.
+fn hides_value(name: &str, value: &str) -> bool {
+    is_secret_parameter(name)
+        || (name.eq_ignore_ascii_case("options") && is_secret_parameter(value))
+}
+
+/// `url` as text with the password of its userinfo, the value of every secret
+/// query parameter and any fragment (which no driver reads, and which may be a
+/// misplaced `#password=…`) replaced by `<redacted>`.
 pub fn redact_url(url: &Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
         // Setting a password only fails for URLs that cannot have one, and this one has one.
         let _ = shown.set_password(Some(REDACTED));
     }
+    if shown.fragment().is_some() {
+        shown.set_fragment(Some(REDACTED));
+    }
     if shown
         .query_pairs()
-        .any(|(name, _)| is_secret_parameter(&name))
+        .any(|(name, value)| hides_value(&name, &value))
     {
         let pairs: Vec<(String, String)> = shown
             .query_pairs()
             .map(|(name, value)| {
-                let value = if is_secret_parameter(&name) {
+                let value = if hides_value(&name, &value) {
                     REDACTED.to_owned()
                 } else {
                     value.into_owned()
