@@ -629,10 +629,14 @@ fn without_value(error: &figment::Error) -> String {
         Kind::Message(message) => message.clone(),
         _ => "invalid value".to_owned(),
     };
+    // The file when there is one (`TOML file` alone does not say which).
     let source = error
         .metadata
         .as_ref()
-        .map(|metadata| format!(" (set in {})", metadata.name))
+        .map(|metadata| match &metadata.source {
+            Some(figment::Source::File(path)) => format!(" (set in {})", path.display()),
+            _ => format!(" (set in {})", metadata.name),
+        })
         .unwrap_or_default();
     format!("{what}{source}; the value is not shown")
 }
