@@ -181,6 +181,15 @@ def check(results):
                 reachable("mqtt.url", u.hostname, u.port,
                           lambda t: {"address": u.hostname, "port": u.port} in t["mqttListeners"], mqtt)
 
+        # journal-remote speaks plain HTTP: only the gateway (TLS, client
+        # certificates) may reach it, so it listens on loopback alone.
+        if r["journald"]["remote"]:
+            streams = [s for s in r["sockets"].get("systemd-journal-remote", []) if s != ""]
+            exposed = [s for s in streams if not re.fullmatch(r"(127\.0\.0\.1|\[::1\]):\d+", s)]
+            if not streams or exposed:
+                problems.append(f"{host}: systemd-journal-remote listens on {streams or 'nothing of ours'}: "
+                                "it must listen on loopback only (the journal gateway is the way in)")
+
         upload = r["journald"]["upload"]
         if upload:
             u = urlsplit(upload)
