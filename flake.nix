@@ -16,6 +16,24 @@
       url = "github:rustsec/advisory-db";
       flake = false;
     };
+    # The crates.io releases of the checks' tools (nix/tools.nix, versions in
+    # nix/tools.toml): inputs, so that crane reads their Cargo.lock without
+    # import-from-derivation.
+    crate-cargo-audit = {
+      type = "tarball";
+      url = "https://static.crates.io/crates/cargo-audit/cargo-audit-0.22.2.crate";
+      flake = false;
+    };
+    crate-cargo-deny = {
+      type = "tarball";
+      url = "https://static.crates.io/crates/cargo-deny/cargo-deny-0.20.2.crate";
+      flake = false;
+    };
+    crate-deadnix = {
+      type = "tarball";
+      url = "https://static.crates.io/crates/deadnix/deadnix-1.3.1.crate";
+      flake = false;
+    };
   };
 
   outputs = {
@@ -24,6 +42,9 @@
     crane,
     agenix,
     advisory-db,
+    crate-cargo-audit,
+    crate-cargo-deny,
+    crate-deadnix,
   }: let
     inherit (nixpkgs) lib;
 
@@ -42,7 +63,14 @@
       craneLib = crane.mkLib pkgs;
       hubbub = mkHubbub pkgs;
       # The checks' tools at the versions tests/run installs (nix/tools.toml).
-      tools = import ./nix/tools.nix {inherit pkgs craneLib;};
+      tools = import ./nix/tools.nix {
+        inherit pkgs craneLib;
+        crates = {
+          cargo-audit = crate-cargo-audit;
+          cargo-deny = crate-cargo-deny;
+          deadnix = crate-deadnix;
+        };
+      };
       rustAndNixChecks = import ./nix/checks.nix {
         inherit pkgs craneLib hubbub advisory-db tools;
       };

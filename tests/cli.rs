@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::ports::free_port;
+use support::postgres::Postgres;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hubbub");
 
@@ -440,11 +441,61 @@ fn secrets_of_any_type_never_appear_in_errors() {
     }
 }
 
+/// A table that holds secrets given as a value of another type (a URL where
+/// `[database]` belongs, say): the error names the key, never the value.
+#[test]
+fn a_secret_table_of_the_wrong_type_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (toml, key) in [
+        ("database = \"postgres://u:hunter2@h/db\"\n", "database"),
+        ("visitors = \"hunter2\"\n", "visitors"),
+        ("buffs = 84729110\n", "buffs"),
+    ] {
+        let config = dir.path().join("table.toml");
+        std::fs::write(&config, toml).expect("write");
+        let output = hubbub(
+            dir.path(),
+            &["--config", config.to_str().expect("path"), "check-config"],
+            &[],
+        );
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(&format!("`{key}`")), "{toml}: {err}");
+        assert!(
+            !err.contains("hunter2") && !err.contains("84729110"),
+            "{toml}: {err}"
+        );
+    }
+    for (variable, value) in [
+        ("HUBBUB_REDIS", "redis://:hunter2@cache:6379"),
+        ("HUBBUB_MQTT", "mqtts://hubbub:hunter2@broker:8883"),
+    ] {
+        let output = hubbub(dir.path(), &["check-config"], &[(variable, value)]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {err}");
+        assert!(!err.contains("hunter2"), "{variable}: {err}");
+    }
+}
+
 /// Passwords in URLs (userinfo and query) are hidden by check-config, and a
 /// parameter the driver would log with its value is refused by name.
 #[test]
 fn passwords_in_url_queries_are_redacted() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // A fragment (ignored by the driver) and libpq's `options` may hold one too.
+    for url in [
+        "postgres://u@h/db#password=hunter2",
+        "postgres://u@h/db?options=-c%20app.password%3Dhunter2&sslmode=require",
+    ] {
+        let output = hubbub(
+            dir.path(),
+            &["check-config"],
+            &[("HUBBUB_DATABASE__URL", url)],
+        );
+        let text = stdout(&output);
+        assert!(output.status.success(), "{url}: {}", stderr(&output));
+        assert!(!text.contains("hunter2"), "{url}: {text}");
+    }
     let output = hubbub(
         dir.path(),
         &["check-config"],
@@ -505,5 +556,88 @@ fn database_errors_never_show_the_password() {
         assert_eq!(output.status.code(), Some(75), "{shown}");
         assert!(shown.contains("waiting for the database"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
+
+/// A relay to `target` that holds every connection `delay` before passing it on:
+/// a database that answers slowly (a loaded or booting host).
+async fn slow_relay(target: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the relay");
+    let port = listener.local_addr().expect("relay address").port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// sea-orm records its connect options, the URL included, in a trace-level span
+/// around the first connection, and sqlx logs a first connection slower than 2 s
+/// inside that span: with `RUST_LOG=trace` and a database that answers slowly,
+/// the log line must not carry the password, however it was given (userinfo,
+/// percent-encoded; `?password=`; `database.password_file`).
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_logs_of_a_slow_connection_never_show_the_password() {
+    // Characters that must be percent-encoded in a URL: the password reaches
+    // PostgreSQL decoded, or migrate --status fails.
+    const PASSWORD: &str = "s3cr@t/p%ss:w0rd";
+    const ENCODED: &str = "s3cr%40t%2Fp%25ss%3Aw0rd";
+    let postgres = Postgres::start().await.expect("postgres");
+    let url = postgres.create_database().await.expect("database");
+    let database = url.rsplit('/').next().expect("database name").to_owned();
+    postgres
+        .psql(
+            "postgres",
+            &format!("ALTER ROLE hubbub PASSWORD '{PASSWORD}'"),
+        )
+        .await
+        .expect("set the password");
+    let port = slow_relay(postgres.port(), Duration::from_millis(2500)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("db-password"), PASSWORD).expect("password file");
+    let credentials = dir.path().to_str().expect("path").to_owned();
+    let base = format!("127.0.0.1:{port}/{database}");
+    for (url, password_file) in [
+        (format!("postgres://hubbub:{ENCODED}@{base}"), None),
+        (format!("postgres://hubbub@{base}?password={ENCODED}"), None),
+        (format!("postgres://hubbub@{base}"), Some("db-password")),
+    ] {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .current_dir(dir.path())
+            .args(["migrate", "--status"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HUBBUB_DATABASE__URL", &url)
+            .env("HUBBUB_DATABASE__ACQUIRE_TIMEOUT_MS", "20000")
+            .env("HUBBUB_DATABASE__STARTUP_WAIT_SECS", "60")
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .env("RUST_LOG", "trace");
+        if let Some(file) = password_file {
+            command.env("HUBBUB_DATABASE__PASSWORD_FILE", file);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .expect("migrate --status within 60 s")
+            .expect("run hubbub");
+        let shown = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(output.status.success(), "{url}: {shown}");
+        // The event inside sea-orm's span did happen (what this test is about).
+        assert!(
+            shown.contains("time to acquire exceeded slow threshold"),
+            "{url}: no slow-connection event:\n{shown}"
+        );
+        for secret in [PASSWORD, ENCODED] {
+            assert!(!shown.contains(secret), "{url}: {secret} in\n{shown}");
+        }
     }
 }

@@ -4,7 +4,10 @@
 # Boot in any order: migrate (and serve) wait for the database up to
 # database.startup_wait_secs; past that migrate exits 75 and systemd starts it
 # again while the roles' start jobs wait, so the roles start exactly when the
-# migrations have run, however late the database host comes up.
+# migrations have run, however late the database host comes up. That waiting
+# needs RestartMode=direct: by default an auto-restarting unit passes through
+# the failed state, which fails the start jobs of every unit that Requires= it
+# (result 'dependency'), and nothing starts those roles again.
 #
 # Secrets never enter the Nix store: `credentials` maps a credential name to a
 # path outside the store (for example an agenix secret under /run/agenix),
@@ -452,11 +455,15 @@ in {
               LoadCredential = loadCredentials cfg.credentials;
               ExecStart = "${exe} --config ${migrateConfigFile} migrate";
               # Exit 75: the database did not answer within startup_wait_secs.
-              # Start again (the roles' start jobs keep waiting meanwhile);
-              # a configuration error (2) or a failed migration (1) is final.
+              # Start again; a configuration error (2) or a failed migration
+              # (1) is final.
               Restart = "on-failure";
               RestartSec = "10s";
               RestartPreventExitStatus = [1 2];
+              # Restart without passing through `failed` (systemd >= 254): the
+              # roles' start jobs keep waiting for this one instead of failing
+              # with 'dependency' at its first exit 75 and never coming back.
+              RestartMode = "direct";
             };
         };
       }

@@ -3,6 +3,9 @@
 # hubbub-broadcast on the app host that serves it makes the client resume
 # (Last-Event-ID) through the balancer on the other app host, without losing
 # or duplicating a message, including those posted while it reconnected.
+# Last, boot in any order: app1's roles are started while the database is
+# down; hubbub-migrate gives up, is restarted by systemd, and the roles come
+# up once the database is back.
 {self}: let
   inventory = import ../lib/inventory.nix;
   mkNode = import ./node.nix {inherit self;};
@@ -14,6 +17,12 @@
     ];
     # No monitor host in this test: keep the journal local.
     hubbub.logging.enable = false;
+    # Short, so that hubbub-migrate gives up (exit 75) and is restarted while
+    # the database is down (the last subtest) instead of after 5 minutes.
+    services.hubbub.settings =
+      if builtins.elem name appHosts
+      then {database.startup_wait_secs = 5;}
+      else {};
   };
 in {
   name = "hubbub-cluster";
@@ -131,5 +140,25 @@ in {
         assert [text for text in texts if text in expected] == expected, texts
         ids = [int(event["message"]["id"]) for event in events]
         assert ids == sorted(set(ids)), f"duplicated or out-of-order ids: {ids}"
+
+    with subtest("boot in any order: roles started while the database is down come up after it"):
+        roles = [f"hubbub-{role}.service" for role in ("visitors", "chat", "broadcast", "buffs")]
+        data.succeed("systemctl stop postgresql.service")
+        # Stops the roles too (they require it).
+        app1.succeed("systemctl stop hubbub-migrate.service")
+        app1.succeed("systemctl start --no-block " + " ".join(roles))
+        # migrate gave up at least once (exit 75) and systemd started it again;
+        # the roles' start jobs must still be waiting, not failed ('dependency').
+        app1.wait_until_succeeds(
+            'test "$(systemctl show --property=NRestarts --value hubbub-migrate.service)" -ge 1', timeout=120
+        )
+        for role in roles:
+            state = app1.succeed(f"systemctl show --property=ActiveState --value {role}").strip()
+            assert state != "failed", f"{role} failed while the database was down"
+            app1.succeed(f"systemctl list-jobs --no-legend {role} | grep -q start")
+        data.succeed("systemctl start postgresql.target")
+        app1.wait_for_unit("hubbub-migrate.service")
+        for role in roles:
+            app1.wait_for_unit(role)
   '';
 }

@@ -367,8 +367,13 @@ impl Settings {
                 .map(|(key, value)| (key.as_str().to_owned(), value))
                 .collect(),
         );
+        // The filter sees the variable's key before figment lowercases it.
         figment = figment
-            .merge(variables.filter(|key| !TEXT_KEYS.contains(&key.as_str())))
+            .merge(variables.filter(|key| {
+                !TEXT_KEYS
+                    .iter()
+                    .any(|text| key.as_str().eq_ignore_ascii_case(text))
+            }))
             .merge(text);
         Self::from_figment(figment, env)
     }
@@ -382,10 +387,9 @@ impl Settings {
         let mut settings: Settings = figment.extract().map_err(|error| {
             let key = (!error.path.is_empty()).then(|| error.path.join("."));
             let message = match key.as_deref() {
-                Some(key) if SECRET_KEYS.contains(&key) || URL_KEYS.contains(&key) => {
-                    without_value(&error)
-                }
-                _ => error.to_string(),
+                Some(key) if may_hold_a_secret(key) => without_value(&error),
+                // Any other value is shown, but never a URL's password.
+                _ => redact_urls_in(&error.to_string()),
             };
             ConfigError::Invalid { key, message }
         })?;
@@ -588,6 +592,18 @@ fn insert_nested(dict: &mut Dict, key: &str, value: Value) {
     }
 }
 
+/// Whether the value at `key` is, or may contain, a secret: a secret key, a URL
+/// key, or a table above one (`database = "postgres://u:PASSWORD@h/db"` where
+/// `[database]` belongs).
+fn may_hold_a_secret(key: &str) -> bool {
+    SECRET_KEYS.iter().chain(URL_KEYS).any(|secret| {
+        secret == &key
+            || secret
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
 /// What went wrong with a secret (or a URL that may hold one), and where it was
 /// set, without the value: figment's own messages quote it (`found unsigned int
 /// `84729110``).
@@ -613,10 +629,14 @@ fn without_value(error: &figment::Error) -> String {
         Kind::Message(message) => message.clone(),
         _ => "invalid value".to_owned(),
     };
+    // The file when there is one (`TOML file` alone does not say which).
     let source = error
         .metadata
         .as_ref()
-        .map(|metadata| format!(" (set in {})", metadata.name))
+        .map(|metadata| match &metadata.source {
+            Some(figment::Source::File(path)) => format!(" (set in {})", path.display()),
+            _ => format!(" (set in {})", metadata.name),
+        })
         .unwrap_or_default();
     format!("{what}{source}; the value is not shown")
 }
@@ -661,6 +681,31 @@ mod tests {
             credentials_directory: credentials.map(Path::to_path_buf),
             state_directory: Some(PathBuf::from("/var/lib/hubbub")),
             xdg_state_home: None,
+        }
+    }
+
+    #[test]
+    fn secret_keys_and_the_tables_above_them_may_hold_a_secret() {
+        for key in [
+            "database",
+            "database.password",
+            "database.url",
+            "redis",
+            "mqtt.url",
+            "visitors",
+            "buffs.admin_token",
+        ] {
+            assert!(may_hold_a_secret(key), "{key}");
+        }
+        for key in [
+            "http",
+            "database.max_connections",
+            "data",
+            "database.passwords",
+            "mqtt.username",
+            "visitors.salt_file",
+        ] {
+            assert!(!may_hold_a_secret(key), "{key}");
         }
     }
 

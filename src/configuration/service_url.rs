@@ -36,6 +36,42 @@ impl ServiceUrl {
                 .any(|(name, _)| name.eq_ignore_ascii_case("password"))
     }
 
+    /// The URL without its password and the password it carried, decoded: the
+    /// userinfo's, overridden by a `password` query parameter (as sqlx reads a
+    /// `postgres://` URL). For drivers that record the URL they are given
+    /// (sea-orm keeps its connect options, URL included, in a trace span): the
+    /// password goes to the driver's options directly instead.
+    pub fn without_password(&self) -> Result<(Url, Option<String>), String> {
+        let mut url = self.0.clone();
+        let mut password = match url.password() {
+            Some(encoded) => Some(
+                percent_encoding::percent_decode_str(encoded)
+                    .decode_utf8()
+                    .map_err(|_| "the URL's password is not UTF-8 once percent-decoded".to_owned())?
+                    .into_owned(),
+            ),
+            None => None,
+        };
+        // Only fails for URLs that cannot have a password, and this one may have one.
+        let _ = url.set_password(None);
+        if url.query_pairs().any(|(name, _)| name == "password") {
+            let mut kept = Vec::new();
+            for (name, value) in url.query_pairs() {
+                if name == "password" {
+                    password = Some(value.into_owned());
+                } else {
+                    kept.push((name.into_owned(), value.into_owned()));
+                }
+            }
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+        }
+        Ok((url, password))
+    }
+
     /// The URL with `password` set, for handing to a client library.
     pub fn with_password(&self, password: &str) -> Result<Url, String> {
         let mut url = self.0.clone();
@@ -60,22 +96,33 @@ fn is_secret_parameter(name: &str) -> bool {
     SECRET_PARAMETERS.iter().any(|secret| name.contains(secret))
 }
 
-/// `url` as text with the password of its userinfo and the value of every secret
-/// query parameter replaced by `<redacted>`.
+/// Whether a query parameter's value is to be hidden: a secret parameter, or one
+/// that passes settings on (libpq's `options=-c app.password=…`) naming a secret.
+fn hides_value(name: &str, value: &str) -> bool {
+    is_secret_parameter(name)
+        || (name.eq_ignore_ascii_case("options") && is_secret_parameter(value))
+}
+
+/// `url` as text with the password of its userinfo, the value of every secret
+/// query parameter and any fragment (which no driver reads, and which may be a
+/// misplaced `#password=…`) replaced by `<redacted>`.
 pub fn redact_url(url: &Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
         // Setting a password only fails for URLs that cannot have one, and this one has one.
         let _ = shown.set_password(Some(REDACTED));
     }
+    if shown.fragment().is_some() {
+        shown.set_fragment(Some(REDACTED));
+    }
     if shown
         .query_pairs()
-        .any(|(name, _)| is_secret_parameter(&name))
+        .any(|(name, value)| hides_value(&name, &value))
     {
         let pairs: Vec<(String, String)> = shown
             .query_pairs()
             .map(|(name, value)| {
-                let value = if is_secret_parameter(&name) {
+                let value = if hides_value(&name, &value) {
                     REDACTED.to_owned()
                 } else {
                     value.into_owned()
@@ -210,6 +257,41 @@ mod tests {
         assert!(shown.contains("refused; and"), "{shown}");
         assert!(shown.ends_with("plain text"), "{shown}");
         assert_eq!(redact_urls_in("no urls here"), "no urls here");
+    }
+
+    #[test]
+    fn the_password_comes_out_decoded_and_leaves_the_url() {
+        for (text, rest, password) in [
+            (
+                "postgres://u:s3cr%40t%2Fp%25ss@h:5432/db?sslmode=require",
+                "postgres://u@h:5432/db?sslmode=require",
+                Some("s3cr@t/p%ss"),
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&password=p%26w",
+                "postgres://u@h/db?sslmode=require",
+                Some("p&w"),
+            ),
+            // sqlx reads the query after the userinfo: the query wins.
+            (
+                "postgres://u:first@h/db?password=second",
+                "postgres://u@h/db",
+                Some("second"),
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db", None),
+        ] {
+            let (url, found) = ServiceUrl::parse(text)
+                .expect("url")
+                .without_password()
+                .expect("split");
+            assert_eq!(url.as_str(), rest, "{text}");
+            assert_eq!(found.as_deref(), password, "{text}");
+        }
+        let error = ServiceUrl::parse("postgres://u:%ff@h/db")
+            .expect("url")
+            .without_password()
+            .expect_err("not UTF-8");
+        assert!(!error.contains("%ff"), "{error}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection, DbErr, Statement, Value};
 use tokio::time::Instant;
 
-use crate::configuration::{Environment, Settings, redact_urls_in};
+use crate::configuration::{Environment, Secret, Settings, redact_urls_in};
 use crate::http::ApiError;
 
 /// The first pause between two connection attempts at start; it doubles up to
@@ -47,22 +47,40 @@ impl Database {
     /// Connects with the configured URL (password from `database.password(_file)`
     /// when given), creating the SQLite state directory when needed.
     pub async fn connect(settings: &Settings, env: &Environment) -> Result<Self, StorageError> {
-        let mut url = settings.database_url(env);
         if settings.database.url.is_none() {
             let dir = env.state_dir();
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|source| StorageError::StateDir { path: dir, source })?;
         }
-        if let (Some(configured), Some(password)) =
-            (&settings.database.url, &settings.database.password)
-        {
-            url = configured
-                .with_password(password.expose())
-                .map_err(StorageError::Password)?
-                .to_string();
-        }
-        let mut options = ConnectOptions::new(url);
+        let mut options = match &settings.database.url {
+            // sea-orm records its connect options, URL included, in a trace span
+            // (and sqlx logs a slow first connection inside it): the URL it gets
+            // carries no password; sqlx's options get it directly.
+            Some(configured) if configured.scheme().starts_with("postgres") => {
+                let (url, in_url) = configured
+                    .without_password()
+                    .map_err(StorageError::Password)?;
+                let password = settings
+                    .database
+                    .password
+                    .clone()
+                    .or(in_url.map(Secret::new));
+                let mut options = ConnectOptions::new(url.to_string());
+                if let Some(password) = password {
+                    options.map_sqlx_postgres_opts(move |pg| pg.password(password.expose()));
+                }
+                options
+            }
+            Some(configured) => ConnectOptions::new(match &settings.database.password {
+                Some(password) => configured
+                    .with_password(password.expose())
+                    .map_err(StorageError::Password)?
+                    .to_string(),
+                None => configured.url().to_string(),
+            }),
+            None => ConnectOptions::new(settings.database_url(env)),
+        };
         options
             .max_connections(settings.database.max_connections)
             .min_connections(0)

@@ -135,6 +135,20 @@ def check(results):
             elif target != host and port not in t["firewall"]["private"]:
                 problems.append(f"{host}: {what} {detail}: {target}'s firewall does not open {port} to the private network")
 
+        # A unit that restarts on failure and that another unit Requires= and
+        # follows: by default (RestartMode=normal) its first failure fails the
+        # dependent start jobs ('dependency'), and its restart never brings
+        # them back. RestartMode=direct keeps them waiting.
+        for name, unit in sorted(r["units"].items()):
+            for required in unit.get("requires") or []:
+                dep = r["units"].get(required.removesuffix(".service"))
+                if not required.endswith(".service") or dep is None or required not in (unit.get("after") or []):
+                    continue
+                config = dep.get("serviceConfig") or {}
+                if config.get("Restart", "no") != "no" and config.get("RestartMode") != "direct":
+                    problems.append(f"{host}: {name}.service requires and follows {required}, which restarts on "
+                                    f"failure without RestartMode=direct: its first failure fails {name} for good")
+
         hub = r["hubbub"]
         if hub is not None and HUBBUB:
             for unit, rendered in sorted(hub["rendered"].items()):
@@ -167,6 +181,15 @@ def check(results):
                 reachable("mqtt.url", u.hostname, u.port,
                           lambda t: {"address": u.hostname, "port": u.port} in t["mqttListeners"], mqtt)
 
+        # journal-remote speaks plain HTTP: only the gateway (TLS, client
+        # certificates) may reach it, so it listens on loopback alone.
+        if r["journald"]["remote"]:
+            streams = [s for s in r["sockets"].get("systemd-journal-remote", []) if s != ""]
+            exposed = [s for s in streams if not re.fullmatch(r"(127\.0\.0\.1|\[::1\]):\d+", s)]
+            if not streams or exposed:
+                problems.append(f"{host}: systemd-journal-remote listens on {streams or 'nothing of ours'}: "
+                                "it must listen on loopback only (the journal gateway is the way in)")
+
         upload = r["journald"]["upload"]
         if upload:
             u = urlsplit(upload)
@@ -191,6 +214,7 @@ def check(results):
 failed = False
 clean, problems = load(os.path.join(work, "clean"), hosts)
 problems += check(clean) if not problems else []
+clean_problems = set(problems)
 if not HUBBUB:
     print("SKIPPED: hubbub check-config of each unit's configuration: no target/debug/hubbub (cargo build) and no HUBBUB_BIN")
 if problems:
@@ -209,7 +233,8 @@ for plant in sorted(d for d in os.listdir(work) if d != "clean" and os.path.isdi
     combined = {**clean, **planted}
     # A host the plant removed from the evaluation keeps its clean result.
     problems += check(combined)
-    hit = [p for p in problems if expect in p]
+    # Only what the plant brought: a problem of the clean hosts proves nothing.
+    hit = [p for p in problems if expect in p and p not in clean_problems]
     if hit:
         print(f"ok: planted {plant} is caught: {hit[0].splitlines()[0][:200]}")
     else:

@@ -66,6 +66,9 @@
     crane = {};
     agenix = {};
     advisory-db = {};
+    crate-cargo-audit = {};
+    crate-cargo-deny = {};
+    crate-deadnix = {};
   };
   wantedOutputs = ["apps" "checks" "devShells" "formatter" "hydraJobs" "nixosConfigurations" "nixosModules" "overlays" "packages"];
   wantedModules = ["broker" "cache" "ci" "database" "default" "hubbub" "logging" "monitoring" "proxy" "secrets" "security"];
@@ -125,8 +128,8 @@ in {
         && generated.pr-12.type == 1
         && builtins.match "git\\+https://[^?]+[?]ref=refs/pull/12/head" generated.pr-12.flake != null)
       (show generated))
-    (check "flake.nix: inputs are exactly nixpkgs, crane, agenix, advisory-db"
-      (inputNames == ["advisory-db" "agenix" "crane" "nixpkgs"])
+    (check "flake.nix: inputs are exactly nixpkgs, crane, agenix, advisory-db and the tools' crates"
+      (inputNames == ["advisory-db" "agenix" "crane" "crate-cargo-audit" "crate-cargo-deny" "crate-deadnix" "nixpkgs"])
       (show inputNames))
     (check "flake.nix: outputs takes self and every input"
       (builtins.attrNames (builtins.functionArgs flake.outputs) == builtins.sort builtins.lessThan (inputNames ++ ["self"]))

@@ -116,15 +116,17 @@ fi
 nix-instantiate --eval --strict --json -E '
   builtins.mapAttrs (_: i: {
     url = i.url or null;
+    type = i.type or null;
     flake = i.flake or true;
     follows = builtins.mapAttrs (_: f: f.follows) (i.inputs or {});
   }) (import ./flake.nix).inputs' >"$tmp/inputs.json"
-python3 - "$tmp/inputs.json" flake.lock ../shared/nixos-reference.md <<'EOF' || fail=1
-import json, os, re, sys
+python3 - "$tmp/inputs.json" flake.lock ../shared/nixos-reference.md nix/tools.toml <<'EOF' || fail=1
+import json, os, re, sys, tomllib
 
 inputs = json.load(open(sys.argv[1]))
 text = open(sys.argv[2]).read()
 reference = sys.argv[3]
+tools = tomllib.load(open(sys.argv[4], "rb"))
 failed = False
 
 def ok(msg): print(f"ok: flake.lock: {msg}")
@@ -189,6 +191,8 @@ def check_node(name, key, depth=0):
         bad(f"node {key}: keys {sorted(node)} (needs locked and original)")
         return
     locked = node["locked"]
+    if locked.get("type") == "tarball" and locked.get("url") != node["original"].get("url"):
+        bad(f"node {key}: locked url differs from original")
     if locked.get("type") == "github":
         if not re.fullmatch(r"[0-9a-f]{40}", locked.get("rev", "")):
             bad(f"node {key}: rev {locked.get('rev')!r} is not a full commit hash")
@@ -218,9 +222,12 @@ for name, spec in sorted(inputs.items()):
         continue
     check_node(name, key)
     node = nodes[key]
-    expected = parse_github(spec["url"] or "")
+    if spec["type"] == "tarball":
+        expected = {"type": "tarball", "url": spec["url"]}
+    else:
+        expected = parse_github(spec["url"] or "")
     if expected is None:
-        bad(f"input {name}: url {spec['url']!r} is not a github: reference (this check knows only those)")
+        bad(f"input {name}: url {spec['url']!r} is not a github: reference or a tarball (this check knows only those)")
     elif node["original"] != expected:
         bad(f"input {name}: original {node['original']} but flake.nix says {expected}")
     if spec["flake"] is False and node.get("flake") is not False:
@@ -234,6 +241,23 @@ for name, spec in sorted(inputs.items()):
             bad(f"input {name}/{sub}: follows {follows!r} should be locked as {want}, found {got!r}")
         elif want and resolve(want) is None:
             bad(f"input {name}/{sub} follows {follows}, which does not resolve")
+
+# The tools' crates (nix/tools.nix): one input crate-NAME per tool of
+# nix/tools.toml, at exactly that release.
+crate_inputs = {n for n in inputs if n.startswith("crate-")}
+wanted = {f"crate-{n}" for n in tools if n != "rust"}
+for name in sorted(wanted | crate_inputs):
+    tool = name.removeprefix("crate-")
+    if tool not in tools:
+        bad(f"input {name}: no [{tool}] in nix/tools.toml")
+    elif name not in inputs:
+        bad(f"nix/tools.toml names {tool}, but flake.nix has no input {name}")
+    else:
+        url = f"https://static.crates.io/crates/{tool}/{tool}-{tools[tool]['version']}.crate"
+        if inputs[name]["url"] != url or inputs[name]["type"] != "tarball" or inputs[name]["flake"] is not False:
+            bad(f"input {name}: {inputs[name]['url']!r}, but nix/tools.toml wants the tarball {url} (flake = false)")
+if wanted <= crate_inputs:
+    ok(f"the tools' crate inputs are the releases of nix/tools.toml ({', '.join(sorted(wanted))})")
 
 stray = set(nodes) - reachable
 if stray:
@@ -263,6 +287,8 @@ if os.path.exists(reference):
         if key == lock["root"]:
             continue
         locked = node["locked"]
+        if locked.get("type") == "tarball":
+            continue  # a tool's crate: pinned by nix/tools.toml (checked above)
         label = by_repo.get(f"{locked.get('owner')}/{locked.get('repo')}")
         if label is None or label not in pins:
             mismatched.append(f"{key} ({locked.get('owner')}/{locked.get('repo')} is not pinned on the reference page)")
@@ -271,7 +297,7 @@ if os.path.exists(reference):
     if mismatched:
         bad("not the reference page's pins: " + "; ".join(mismatched))
     else:
-        ok(f"every node is pinned to the reference page's rev and narHash ({len(nodes) - 1} nodes)")
+        ok(f"every GitHub node is pinned to the reference page's rev and narHash")
 else:
     ok(f"pins not compared: {reference} is absent")
 sys.exit(1 if failed else 0)

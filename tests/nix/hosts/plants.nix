@@ -33,6 +33,20 @@ in {
     modules = _: [{services.hubbub.settings.database.migrate_on_start = true;}];
     expect = "migrate_on_start must be false";
   };
+  # The migrate oneshot restarting through the failed state: the roles that
+  # require it would fail for good at its first exit 75 (a cold cluster).
+  restart-through-failed = {
+    hosts = ["app1"];
+    modules = _: [({lib, ...}: {systemd.services.hubbub-migrate.serviceConfig.RestartMode = lib.mkForce "normal";})];
+    expect = "without RestartMode=direct";
+  };
+  # journal-remote (plain HTTP, no client certificates) on every address,
+  # next to the gateway: anyone on the network could write into the journal.
+  exposed-journal-remote = {
+    hosts = ["monitor"];
+    modules = _: [({lib, ...}: {systemd.sockets.systemd-journal-remote.listenStreams = lib.mkOverride 10 ["" "19533"];})];
+    expect = "must listen on loopback only";
+  };
   # A credential naming a secret that no agenix entry of the host delivers.
   undelivered-credential = {
     hosts = ["app2"];
