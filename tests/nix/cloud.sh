@@ -221,6 +221,38 @@ if dangling:
     bad(f"references to nothing: {sorted(dangling)}")
 else:
     ok("every ${...} reference names a resource, data source, local or variable of the configuration")
+# IAM takes ARNs (or "*") as resources and refuses the whole policy otherwise, at
+# apply time: `validate` does not look inside the JSON strings.
+problems = []
+for kind in ("aws_iam_role_policy",):
+    for name, item in res.get(kind, {}).items():
+        for statement in json.loads(item["policy"])["Statement"]:
+            resources = statement.get("Resource", [])
+            for resource in resources if isinstance(resources, list) else [resources]:
+                # an ARN written out, or a resource's `arn` attribute
+                if resource != "*" and not resource.startswith("arn:") and not re.match(r"\$\{[a-z0-9_.]+\.arn\}", resource):
+                    problems.append(f"{kind}.{name} {statement.get('Sid', '')}: {resource}")
+if problems:
+    bad("IAM resources that are not ARNs (IAM refuses the policy): " + "; ".join(problems))
+else:
+    ok("every IAM policy resource is an ARN or *")
+# Least privilege: a host's role reads its own identity only; only the app
+# group's role touches discovery and the group.
+problems = []
+for name, item in res.get("aws_iam_role_policy", {}).items():
+    if name == "vmimport":
+        continue
+    statements = json.loads(item["policy"])["Statement"]
+    ssm = [r for s in statements if any(a.startswith("ssm:") for a in s["Action"]) for r in s["Resource"]]
+    if [r.rsplit(":parameter", 1)[-1] for r in ssm] != [f"/hubbub/{name}/age-identity"] \
+            or any(a.startswith("ssm:") and a != "ssm:GetParameter" for s in statements for a in s["Action"]):
+        problems.append(f"{name} reads more than its own identity: {ssm}")
+    if name != "app" and any(not a.startswith("ssm:") for s in statements for a in s["Action"]):
+        problems.append(f"{name}, a fixed host, may do more than read its identity")
+if problems:
+    bad("instance roles: " + "; ".join(problems))
+else:
+    ok("each instance role reads its own /hubbub/<host>/age-identity only; only the app group's role touches Cloud Map and the group")
 secret_words = re.findall(r"(?i)(AGE-SECRET-KEY|BEGIN [A-Z ]*PRIVATE KEY|password\"\s*:)", text)
 if secret_words or "aws_ssm_parameter" in res:
     bad("the configuration carries secret material or creates SSM parameters (their values would be in the state)")
