@@ -387,6 +387,10 @@ in
             name = "hubbub-${host}-${ref "aws_ebs_snapshot_import.${host}.id"}";
             architecture = "x86_64";
             virtualization_type = "hvm";
+            # nixpkgs' amazon image without ec2.efi: GRUB on BIOS (its
+            # image-info.json says legacy-bios). Without it the instance type
+            # picks, and UEFI-only types would not boot the image.
+            boot_mode = "legacy-bios";
             ena_support = true;
             root_device_name = "/dev/xvda";
             ebs_block_device = {

@@ -312,10 +312,10 @@ if command -v haproxy >/dev/null && command -v openssl >/dev/null; then
     nix-instantiate --eval --strict --json -E "import ./nixos/lib/haproxy.nix { inventory = import ./nixos/hosts/cloud.nix $inv; certificate = \"$work/lb/edge.pem\"; acmeChallenge = \"127.0.0.1:8402\"; }" |
       python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin))'
   } >"$work/lb/haproxy.cfg"
-  if ! grep -q '^  nameserver dns 169.254.169.253:53$' "$work/lb/haproxy.cfg" || ! grep -q '^  hold obsolete 30s$' "$work/lb/haproxy.cfg"; then
+  if ! grep -q '^  nameserver dns 169.254.169.253:53$' "$work/lb/haproxy.cfg" || ! grep -q "^  hold obsolete $(nix-instantiate --eval -E '(import ./nixos/lib/inventory.nix).cloud.holdObsolete' | tr -d '"')$" "$work/lb/haproxy.cfg"; then
     bad "the cloud lb's HAProxy does not ask the VPC resolver with Cloud Map's hold time"
   elif out=$(haproxy -dW -c -f "$work/lb/haproxy.cfg" 2>&1); then
-    ok "haproxy -c (warnings fatal): the cloud lb's configuration (VPC resolver, hold obsolete 30s) is valid ($(haproxy -v | head -n 1 | cut -d' ' -f1-3))"
+    ok "haproxy -c (warnings fatal): the cloud lb's configuration (VPC resolver, Cloud Map's hold obsolete) is valid ($(haproxy -v | head -n 1 | cut -d' ' -f1-3))"
   else
     bad "haproxy -c (cloud lb): $out"
   fi
