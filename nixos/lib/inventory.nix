@@ -24,7 +24,7 @@
     maxInstances = 10;
     # How long HAProxy keeps an address that DNS answers no longer list.
     # A stopping instance deregisters, then keeps serving this long plus one
-    # resolution interval before it stops (nixos/profiles/cloud-app.nix).
+    # resolution interval before it stops (nixos/profiles/cloud.nix).
     holdObsolete = "5s";
   };
 
@@ -84,8 +84,13 @@
     # The Route 53 Resolver of the VPC: answers the Cloud Map namespace.
     nameserver = "169.254.169.253:53";
     # Cloud Map answers with at most 8 of the registered addresses, picked at
-    # random: HAProxy keeps an address it has not seen for 30 s.
-    holdObsolete = "30s";
+    # random, and the VPC resolver keeps an answer for its 10 s TTL. At 10
+    # instances an answer misses a given address one time in five: three
+    # answers in a row (30 s) a few times an hour per instance, six (60 s) a
+    # few times a day across the group. HAProxy keeps an address it has not
+    # seen for 60 s (and a draining instance waits that long,
+    # nixos/profiles/cloud.nix); up to 8 instances, every answer has them all.
+    holdObsolete = "60s";
     instanceTypes = {
       lb = "t3.small";
       data = "m6i.large";

@@ -103,18 +103,30 @@
           if host == appGroup
           then [
             {
+              # Register and deregister itself; list the registrations so
+              # that hubbub-discovery-sweep can remove those of instances the
+              # group no longer has (killed before they could deregister).
               Sid = "Discovery";
               Effect = "Allow";
-              Action = ["servicediscovery:RegisterInstance" "servicediscovery:DeregisterInstance"];
+              Action = ["servicediscovery:RegisterInstance" "servicediscovery:DeregisterInstance" "servicediscovery:ListInstances"];
               Resource = map (role: ref "aws_service_discovery_service.${role}.arn") roles;
             }
             {
               # Cloud Map writes the records into the namespace's hosted zone
-              # on the caller's behalf.
+              # with the caller's permissions (Cloud Map's API permissions
+              # reference). An IAM resource is an ARN: `hosted_zone` is the
+              # zone's id only.
               Sid = "DiscoveryRecords";
               Effect = "Allow";
               Action = ["route53:ChangeResourceRecordSets" "route53:GetHostedZone"];
-              Resource = [(ref "aws_service_discovery_private_dns_namespace.hubbub.hosted_zone")];
+              Resource = ["arn:aws:route53:::hostedzone/${ref "aws_service_discovery_private_dns_namespace.hubbub.hosted_zone"}"];
+            }
+            {
+              # No resource-level permissions for these two (list and describe calls).
+              Sid = "DiscoveryLookups";
+              Effect = "Allow";
+              Action = ["route53:ListHostedZonesByName" "autoscaling:DescribeAutoScalingGroups"];
+              Resource = ["*"];
             }
             {
               Sid = "Drain";
@@ -375,6 +387,10 @@ in
             name = "hubbub-${host}-${ref "aws_ebs_snapshot_import.${host}.id"}";
             architecture = "x86_64";
             virtualization_type = "hvm";
+            # nixpkgs' amazon image without ec2.efi: GRUB on BIOS (its
+            # image-info.json says legacy-bios). Without it the instance type
+            # picks, and UEFI-only types would not boot the image.
+            boot_mode = "legacy-bios";
             ena_support = true;
             root_device_name = "/dev/xvda";
             ebs_block_device = {

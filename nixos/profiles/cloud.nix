@@ -18,7 +18,11 @@
 #     role is ready, and on termination (the autoscaling lifecycle hook, or a
 #     shutdown) deregistration, a drain while HAProxy's DNS answers forget the
 #     address, SIGTERM to the roles, then the hook's completion. An instance
-#     whose roles do not become ready marks itself unhealthy and is replaced.
+#     whose roles do not become ready (or that cannot register) withdraws
+#     what it registered, marks itself unhealthy and is replaced. Instances
+#     killed before they could deregister leave records behind: every
+#     instance sweeps, every few minutes, the registrations of instances the
+#     group no longer has.
 {
   config,
   lib,
@@ -60,9 +64,15 @@
 
   # agenix' own installation steps (what it runs at activation, and in its
   # sysusers unit), run again once the identity is there.
-  agenixInstall = pkgs.writeShellScript "hubbub-agenix-install" (lib.concatLines (map
-    (step: config.system.activationScripts.${step}.text)
-    ["agenixNewGeneration" "agenixInstall" "agenixChown"]));
+  # With systemd-sysusers or userborn, agenix installs from its own unit
+  # instead of activation scripts (modules/age.nix at b027ee29).
+  agenixInstall =
+    if config.systemd.services ? agenix-install-secrets
+    then "systemctl restart agenix-install-secrets.service"
+    else
+      pkgs.writeShellScript "hubbub-agenix-install" (lib.concatLines (map
+        (step: config.system.activationScripts.${step}.text)
+        ["agenixNewGeneration" "agenixInstall" "agenixChown"]));
 
   fetchIdentity = pkgs.writeShellScript "hubbub-fetch-identity" ''
     set -euo pipefail
@@ -101,10 +111,27 @@
       roles}
   '';
 
+  # `deregister_all`: withdraws this instance from every role's service.
+  # Idempotent: deregistering what is not registered is an error it ignores.
+  deregisterAll = ''
+    deregister_all() {
+      ${lib.concatMapStrings (role: ''
+        aws servicediscovery deregister-instance --region "$region" \
+          --service-id "$(${setting ".discovery.${role}"})" --instance-id "$INSTANCE_ID" >/dev/null 2>&1 ||
+          echo "deregistering from ${role} failed (or it was not registered)" >&2
+      '')
+      roles}
+    }
+  '';
+
   register = pkgs.writeShellScript "hubbub-register" ''
     set -euo pipefail
     . ${instanceDir}/identity.env
     region=$(${setting ".region"})
+    # A registration that fails half-way withdraws the roles registered so far:
+    # the unit fails, the instance is replaced, and nothing stays in DNS.
+    ${deregisterAll}
+    trap '[ "$?" = 0 ] || deregister_all' EXIT
     # HAProxy sends traffic as soon as the address is in DNS: only when ready.
     ${lib.concatMapStrings (role: ''
         for i in $(seq 1 120); do
@@ -127,12 +154,8 @@
     set -uo pipefail
     . ${instanceDir}/identity.env
     region=$(${setting ".region"})
-    ${lib.concatMapStrings (role: ''
-        aws servicediscovery deregister-instance --region "$region" \
-          --service-id "$(${setting ".discovery.${role}"})" --instance-id "$INSTANCE_ID" >/dev/null ||
-          echo "deregistering from ${role} failed; HAProxy's health checks take the address out" >&2
-      '')
-      roles}
+    ${deregisterAll}
+    deregister_all
     echo "deregistered; draining for ${toString drainSeconds} s"
     sleep ${toString drainSeconds}
   '';
@@ -147,7 +170,12 @@
       sleep 5
     done
     echo "terminating: draining"
+    # Deregisters and drains when the instance was registered ...
     systemctl stop hubbub-discovery.service
+    # ... and withdraws anything left when it was not (a failed registration).
+    region=$(${setting ".region"})
+    ${deregisterAll}
+    deregister_all
     systemctl stop ${lib.concatStringsSep " " roleUnits}
     aws autoscaling complete-lifecycle-action --region "$(${setting ".region"})" \
       --lifecycle-action-result CONTINUE --instance-id "$INSTANCE_ID" \
@@ -164,7 +192,39 @@
       --instance-id "$INSTANCE_ID" --health-status Unhealthy --no-should-respect-grace-period
   '';
 
-  tools = [pkgs.awscli2 pkgs.curl pkgs.jq pkgs.coreutils pkgs.systemd];
+  # Registrations of instances the group no longer has: killed (hardware,
+  # a hung kernel, the hook's heartbeat timing out) before they deregistered.
+  # Cloud Map never expires them; they would hold HAProxy slots and crowd the
+  # 8 addresses a MULTIVALUE answer carries. The registrations are listed
+  # before the group, and an instance is in its group from launch, before it
+  # registers: a live instance is never swept.
+  sweep = pkgs.writeShellScript "hubbub-discovery-sweep" ''
+    set -euo pipefail
+    . ${instanceDir}/identity.env
+    region=$(${setting ".region"})
+    group=$(${setting ".autoScalingGroup"})
+    ${lib.concatMapStrings (role: ''
+        registered_${role}=$(aws servicediscovery list-instances --region "$region" \
+          --service-id "$(${setting ".discovery.${role}"})" --query 'Instances[].Id' --output json | jq -r '.[]')
+      '')
+      roles}
+    members=$(aws autoscaling describe-auto-scaling-groups --region "$region" --auto-scaling-group-names "$group" \
+      --query 'AutoScalingGroups[0].Instances[].InstanceId' --output json | jq -r '.[]')
+    # A wrong or empty answer must not sweep everything: it has to list this instance.
+    grep -qxF "$INSTANCE_ID" <<<"$members" || { echo "$INSTANCE_ID is not in $group's answer; not sweeping" >&2; exit 1; }
+    ${lib.concatMapStrings (role: ''
+        for id in $registered_${role}; do
+          grep -qxF "$id" <<<"$members" && continue
+          if aws servicediscovery deregister-instance --region "$region" \
+            --service-id "$(${setting ".discovery.${role}"})" --instance-id "$id" >/dev/null; then
+            echo "removed the ${role} registration of $id, which $group no longer has"
+          fi
+        done
+      '')
+      roles}
+  '';
+
+  tools = [pkgs.awscli2 pkgs.curl pkgs.jq pkgs.coreutils pkgs.gnugrep pkgs.systemd];
 in {
   imports = [../modules/deployment.nix];
 
@@ -201,6 +261,12 @@ in {
         after = ["network-online.target"];
         path = tools ++ [pkgs.mount];
         restartIfChanged = false;
+        # A throttled or briefly unreachable SSM endpoint at boot is retried
+        # (AWS CLI standard retry mode), not fatal.
+        environment = {
+          AWS_RETRY_MODE = "standard";
+          AWS_MAX_ATTEMPTS = "10";
+        };
         serviceConfig = {
           Type = "oneshot";
           RemainAfterExit = true;
@@ -210,6 +276,15 @@ in {
     }
 
     (lib.mkIf elastic {
+      systemd.timers.hubbub-discovery-sweep = {
+        wantedBy = ["timers.target"];
+        timerConfig = {
+          OnBootSec = "10min";
+          OnUnitActiveSec = "10min";
+          # The instances of the group do not all ask at once.
+          RandomizedDelaySec = "5min";
+        };
+      };
       systemd.services =
         {
           hubbub-instance-identity = {
@@ -228,11 +303,15 @@ in {
 
           # Started after the roles, so stopped before them: at shutdown the
           # instance deregisters and drains before its roles get SIGTERM.
+          # `wants`, not `requires`: when a role cannot start (no identity,
+          # no database), this unit still runs, finds the role not ready and
+          # fails, and the instance is replaced instead of idling in the group.
           hubbub-discovery = {
             description = "Register this instance's roles in Cloud Map while they serve";
             wantedBy = ["multi-user.target"];
             onFailure = ["hubbub-unhealthy.service"];
-            requires = ["hubbub-instance-identity.service"] ++ roleUnits;
+            requires = ["hubbub-instance-identity.service"];
+            wants = roleUnits;
             after = ["hubbub-instance-identity.service"] ++ roleUnits;
             path = tools;
             restartIfChanged = false;
@@ -252,6 +331,17 @@ in {
             serviceConfig = {
               Type = "oneshot";
               ExecStart = unhealthy;
+            };
+          };
+
+          hubbub-discovery-sweep = {
+            description = "Remove the Cloud Map registrations of instances the group no longer has";
+            requires = ["hubbub-instance-identity.service"];
+            after = ["hubbub-instance-identity.service" "hubbub-discovery.service"];
+            path = tools;
+            serviceConfig = {
+              Type = "oneshot";
+              ExecStart = sweep;
             };
           };
 
