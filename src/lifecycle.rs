@@ -15,6 +15,18 @@ pub fn notify_stopping() {
     }
 }
 
+/// Raises the soft limit of open files to the hard limit, as a server holding
+/// thousands of SSE connections needs: systemd and shells start processes at a
+/// soft limit of 1,024 whatever the hard limit allows, and Rust does not raise it.
+/// Under systemd the unit's `LimitNOFILE=` sets both, so this changes nothing there;
+/// a manual run gets the same headroom.
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
