@@ -2,8 +2,6 @@
 //! them; new buffs go out on the bus to the broadcast role's SSE stream.
 
 mod auth;
-pub mod buff;
-pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +19,11 @@ use crate::configuration::Settings;
 use crate::domain::{Answers, Question};
 use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, RelayMetrics};
 use crate::storage::{Database, to_api_error};
+use crate::streams::buffs::{self as store, Buff, BuffStore};
+use crate::streams::outbox::{Outbox, RelayMetrics};
 
 use auth::AdminTokens;
-use buff::Buff;
-use store::BuffStore;
 
 const ROLE: &str = "buffs";
 const DEFAULT_LIMIT: u32 = 20;
