@@ -8,6 +8,7 @@ pub mod health;
 pub mod html;
 pub mod middleware;
 pub mod server;
+mod write_timeout;
 
 pub use error::ApiError;
 pub use middleware::{RequestMeta, tagged};
