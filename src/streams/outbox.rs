@@ -91,10 +91,12 @@ impl<T: StreamItem> Outbox<T> {
         let mut backoff = Duration::from_millis(100);
         let mut backlog_read: Option<Instant> = None;
         loop {
+            // Not connected: nothing to try, and nothing to back off from either, so
+            // the backlog goes out as soon as the broker is back.
             let outcome = if bus.can_publish() {
                 self.relay_once(&bus, &metrics).await
             } else {
-                Ok(Round::Stopped)
+                Ok(Round::Standby)
             };
             // The backlog is a count over the table: not after every round.
             if backlog_read.is_none_or(|at| at.elapsed() >= POLL) {

@@ -30,9 +30,9 @@ const MAX_PACKET: usize = 256 * 1024;
 const MAX_IN_FLIGHT: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnect attempts start fast and never wait longer than this, so a broker that
-/// is back is used again within about a second.
+/// is back is used again within half a second.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// After the broker refused a subscription (its ACL), ask again this often.
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(10);
 

@@ -97,19 +97,20 @@ impl Feed {
                         () = self.subscription.ready() => {}
                         () = &mut self.idle => return Some(self.keepalive_chunk()),
                     }
-                    let page = match self
-                        .streams
-                        .after(&self.key, self.last_sent, RESUME_PAGE)
-                        .await
-                    {
-                        Ok(page) => page,
-                        Err(error) => {
-                            // The client reconnects and tries again; the log says why.
-                            let _ = to_api_error(error, "reading history for a resume");
-                            self.phase = Phase::Done;
-                            return None;
-                        }
-                    };
+                    // Boxed: the query's state lives only while it runs, not in every
+                    // connection's body for its whole life.
+                    let page =
+                        match Box::pin(self.streams.after(&self.key, self.last_sent, RESUME_PAGE))
+                            .await
+                        {
+                            Ok(page) => page,
+                            Err(error) => {
+                                // The client reconnects and tries again; the log says why.
+                                let _ = to_api_error(error, "reading history for a resume");
+                                self.phase = Phase::Done;
+                                return None;
+                            }
+                        };
                     if page.len() < RESUME_PAGE as usize {
                         self.phase = Phase::Live;
                     }
