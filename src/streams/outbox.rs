@@ -98,8 +98,10 @@ impl<T: StreamItem> Outbox<T> {
             } else {
                 Ok(Round::Standby)
             };
-            // The backlog is a count over the table: not after every round.
-            if backlog_read.is_none_or(|at| at.elapsed() >= POLL) {
+            // The backlog is a count over the table: after a round that caught up,
+            // but while full rounds follow each other, only every `POLL`.
+            let caught_up = !matches!(outcome, Ok(Round::Published { full: true }));
+            if caught_up || backlog_read.is_none_or(|at| at.elapsed() >= POLL) {
                 if let Ok(backlog) = self.backlog().await {
                     metrics.backlog.set(backlog);
                 }
