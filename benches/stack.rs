@@ -662,7 +662,7 @@ async fn fanout(stack: &mut Stack) -> anyhow::Result<()> {
 }
 
 /// 1,000 subscribers, posts as fast as hubbub accepts them (64 clients); then nginx
-/// + nchan with the same subscribers and messages, published at the rate hubbub
+/// with nchan, the same subscribers and messages, published at the rate hubbub
 /// accepted. Compared: events delivered per second, all delivered exactly once.
 async fn chat(stack: &mut Stack) -> anyhow::Result<()> {
     let messages: usize = env_or("BENCH_CHAT_MESSAGES", 2_000);
