@@ -371,9 +371,13 @@ async fn concurrent_buff_creators_never_make_a_viewer_miss_a_buff() {
     );
 }
 
-/// The dynamic-security plugin beside the broker (Debian: /usr/lib/<triplet>/,
-/// Nix: <mosquitto>/lib/).
+/// The dynamic-security plugin: `MOSQUITTO_DYNSEC_PLUGIN` (the flake's check sets
+/// it: nixpkgs puts it in mosquitto's `lib` output), else beside the broker (Debian:
+/// /usr/lib/<triplet>/).
 fn dynsec_plugin() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("MOSQUITTO_DYNSEC_PLUGIN") {
+        return path.into();
+    }
     let broker = support::process::find_binary("mosquitto", &["/usr/sbin"]).expect("mosquitto");
     let broker = std::fs::canonicalize(&broker).unwrap_or(broker);
     let mut candidates: Vec<std::path::PathBuf> = broker
