@@ -51,6 +51,15 @@ struct Args {
     /// Give up waiting for deliveries after this long.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Spread subscribers and messages over this many channels: `{channel}` in
+    /// both URLs becomes `c0`, `c1`, …; subscriber i and message n go to channel
+    /// i % N and n % N.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+}
+
+fn channel_url(template: &str, channel: usize) -> String {
+    template.replace("{channel}", &format!("c{channel}"))
 }
 
 /// What one subscriber saw.
@@ -91,11 +100,15 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     // Bounded so the server's accept backlog is not overrun.
     let gate = Arc::new(Semaphore::new(256));
-    for slot in &seen {
+    ensure!(
+        args.channels >= 1 && (args.channels == 1 || args.subscribe.contains("{channel}")),
+        "--channels above 1 needs {{channel}} in --subscribe and --publish"
+    );
+    for (i, slot) in seen.iter().enumerate() {
         let permit = gate.clone().acquire_owned().await?;
         tokio::spawn(subscribe(
             client.clone(),
-            args.subscribe.clone(),
+            channel_url(&args.subscribe, i % args.channels),
             slot.clone(),
             shared.clone(),
             permit,
@@ -117,7 +130,9 @@ async fn main() -> anyhow::Result<()> {
     // Warm up until every subscriber has received something, so the measured
     // messages only meet subscriptions that are live.
     loop {
-        publish(&client, &args, "warm-up").await?;
+        for channel in 0..args.channels {
+            publish(&client, &args, channel, "warm-up").await?;
+        }
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let mut all = true;
         for slot in &seen {
@@ -132,14 +147,16 @@ async fn main() -> anyhow::Result<()> {
     let rss_connected_kb = rss_kb(&args.rss_pids)?;
 
     let publishing = Instant::now();
-    let (accepted, refused) = publish_all(&client, &args, &shared).await;
+    let (accepted_by_channel, refused) = publish_all(&client, &args, &shared).await;
+    let accepted: usize = accepted_by_channel.iter().sum();
+    let expected_for = |i: usize| accepted_by_channel[i % args.channels];
     let publish_secs = publishing.elapsed().as_secs_f64();
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     loop {
         let mut complete = 0;
-        for slot in &seen {
-            complete += usize::from(slot.lock().await.latencies_us.len() >= accepted);
+        for (i, slot) in seen.iter().enumerate() {
+            complete += usize::from(slot.lock().await.latencies_us.len() >= expected_for(i));
         }
         if complete == args.subscribers || Instant::now() >= deadline {
             break;
@@ -153,10 +170,12 @@ async fn main() -> anyhow::Result<()> {
     let mut complete = 0;
     let mut duplicated = 0;
     let mut last_delivery = publishing;
-    for slot in &seen {
+    let mut expected_deliveries = 0;
+    for (i, slot) in seen.iter().enumerate() {
         let seen = slot.lock().await;
-        complete += usize::from(seen.latencies_us.len() == accepted);
-        duplicated += usize::from(seen.latencies_us.len() > accepted);
+        expected_deliveries += expected_for(i);
+        complete += usize::from(seen.latencies_us.len() == expected_for(i));
+        duplicated += usize::from(seen.latencies_us.len() > expected_for(i));
         latencies.extend_from_slice(&seen.latencies_us);
         if let Some(at) = seen.last_at {
             last_delivery = last_delivery.max(at);
@@ -174,7 +193,8 @@ async fn main() -> anyhow::Result<()> {
         "messages_refused": refused,
         "accepted_per_sec": round(accepted as f64 / publish_secs),
         "deliveries": delivered,
-        "deliveries_expected": accepted * args.subscribers,
+        "deliveries_expected": expected_deliveries,
+        "channels": args.channels,
         "subscribers_complete": complete,
         "subscribers_with_duplicates": duplicated,
         "subscribers_broken": shared.broken.load(Ordering::Relaxed),
@@ -257,8 +277,12 @@ fn field(event: &[u8], name: &[u8]) -> Option<String> {
         .map(|v| v.trim_start().to_owned())
 }
 
-/// Publishes the measured messages; returns (accepted, refused).
-async fn publish_all(client: &reqwest::Client, args: &Args, shared: &Shared) -> (usize, usize) {
+/// Publishes the measured messages; returns (accepted per channel, refused).
+async fn publish_all(
+    client: &reqwest::Client,
+    args: &Args,
+    shared: &Shared,
+) -> (Vec<usize>, usize) {
     let gate = Arc::new(Semaphore::new(args.concurrency));
     let mut tick = (args.rate > 0).then(|| {
         let mut interval = tokio::time::interval(Duration::from_nanos(1_000_000_000 / args.rate));
@@ -278,7 +302,8 @@ async fn publish_all(client: &reqwest::Client, args: &Args, shared: &Shared) -> 
             args,
             &format!("ts={} n={n}", shared.base.elapsed().as_nanos()),
         );
-        let (url, content_type) = (args.publish.clone(), content_type(args));
+        let channel = n % args.channels;
+        let (url, content_type) = (channel_url(&args.publish, channel), content_type(args));
         tasks.spawn(async move {
             let ok = client
                 .post(url)
@@ -288,23 +313,27 @@ async fn publish_all(client: &reqwest::Client, args: &Args, shared: &Shared) -> 
                 .await
                 .is_ok_and(|r| r.status().is_success());
             drop(permit);
-            ok
+            (channel, ok)
         });
     }
-    let (mut accepted, mut refused) = (0, 0);
+    let (mut accepted, mut refused) = (vec![0; args.channels], 0);
     while let Some(done) = tasks.join_next().await {
-        if done.unwrap_or(false) {
-            accepted += 1;
-        } else {
-            refused += 1;
+        match done {
+            Ok((channel, true)) => accepted[channel] += 1,
+            _ => refused += 1,
         }
     }
     (accepted, refused)
 }
 
-async fn publish(client: &reqwest::Client, args: &Args, text: &str) -> anyhow::Result<()> {
+async fn publish(
+    client: &reqwest::Client,
+    args: &Args,
+    channel: usize,
+    text: &str,
+) -> anyhow::Result<()> {
     let response = client
-        .post(&args.publish)
+        .post(channel_url(&args.publish, channel))
         .header("content-type", content_type(args))
         .body(body(args, text))
         .send()

@@ -59,6 +59,8 @@ in {
         pkgs.mosquitto
         pkgs.util-linux
       ];
+      # tests/live.rs refuses a subscription with it (mosquitto_ctrl is in $out/bin).
+      MOSQUITTO_DYNSEC_PLUGIN = "${pkgs.mosquitto.lib}/lib/mosquitto_dynamic_security.so";
     });
 
   doc = craneLib.cargoDoc (commonArgs

@@ -22,6 +22,18 @@ pub fn notify_stopping() {
     }
 }
 
+/// Raises the soft limit of open files to the hard limit, as a server holding
+/// thousands of SSE connections needs: systemd and shells start processes at a
+/// soft limit of 1,024 whatever the hard limit allows, and Rust does not raise it.
+/// Under systemd the unit's `LimitNOFILE=` sets both, so this changes nothing there;
+/// a manual run gets the same headroom.
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called,
 /// not when the future is first polled: a SIGTERM that arrives right after
 /// `READY=1` must start a graceful shutdown, not kill the process by default action.

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         eprintln!("hubbub: cannot set up logging: {error}");
         return ExitCode::FAILURE;
     }
+    lifecycle::raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -641,3 +641,63 @@ async fn trace_logs_of_a_slow_connection_never_show_the_password() {
         }
     }
 }
+
+/// Started by hand with a low soft limit of open files (here 256) under a higher
+/// hard limit, `hubbub serve` raises its soft limit to the hard one, as a broadcast
+/// instance with thousands of SSE clients needs.
+#[test]
+fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    fn soft_limit(pid: u32) -> Option<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+    }
+    let low = "ulimit -Sn 256 && exec \"$0\" \"$@\"";
+    let hard = String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .expect("sh")
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    assert_ne!(hard, "256", "the test needs a hard limit above 256");
+    // The control: what a process started that way has without raising it.
+    let mut control = Command::new("sh")
+        .args(["-c", low, "sleep", "10"])
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while soft_limit(control.id()).as_deref() != Some("256") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(soft_limit(control.id()).as_deref(), Some("256"));
+    let _ = control.kill();
+    let _ = control.wait();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new("sh")
+        .args(["-c", low, BIN, "serve", "visitors"])
+        .current_dir(dir.path())
+        .env("STATE_DIRECTORY", dir.path())
+        .env("HUBBUB_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUBBUB_ADMIN__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Listening means started: the limit is raised before anything else.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let soft = soft_limit(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(soft, Some(hard), "soft limit raised to the hard limit");
+}

@@ -9,6 +9,7 @@ mod m20261122_000001_create_visitors;
 mod m20261122_000002_create_chat_messages;
 mod m20261122_000003_create_buffs;
 mod m20261129_000004_chat_insert_function;
+mod m20261130_000005_stream_sequences;
 
 /// Number of rows the visit totals are spread over, so concurrent visits by
 /// different visitors rarely contend on one row.
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_create_chat_messages::Migration),
             Box::new(m20261122_000003_create_buffs::Migration),
             Box::new(m20261129_000004_chat_insert_function::Migration),
+            Box::new(m20261130_000005_stream_sequences::Migration),
         ]
     }
 }

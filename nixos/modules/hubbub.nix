@@ -30,6 +30,7 @@
   cfg = config.services.hubbub;
   format = pkgs.formats.toml {};
   hardening = import ./hardening.nix;
+  limits = import ./limits.nix;
 
   knownRoles = {
     visitors = {
@@ -173,6 +174,7 @@
       };
       serviceConfig =
         sharedServiceConfig
+        // limits.serviceConfig cfg.openFilesLimit
         // {
           Type = "notify";
           NotifyAccess = "main";
@@ -349,6 +351,17 @@ in {
         When set, the units get `IPAddressDeny=any` plus this
         `IPAddressAllow=` list: hubbub then only talks to (and accepts
         connections from) these networks.
+      '';
+    };
+
+    openFilesLimit = mkOption {
+      type = types.ints.positive;
+      default = limits.openFiles;
+      example = 262144;
+      description = ''
+        `LimitNOFILE=` of every role unit (soft and hard limit of open files).
+        A broadcast instance needs one per SSE client plus a few hundred; the
+        systemd default of 1,024 caps it at about a thousand clients.
       '';
     };
 

@@ -32,6 +32,10 @@ pub enum BusError {
     Timeout(Duration),
     #[error("the bus is shut down")]
     Closed,
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("the connection to the broker ended before its acknowledgement")]
+    Disconnected,
     #[error("mqtt: {0}")]
     Mqtt(String),
     #[error("mqtt.ca_file: {0}")]
@@ -89,11 +93,20 @@ impl Bus {
         }
     }
 
-    /// Whether messages can flow now (always, in process).
+    /// Whether messages can flow both ways now: connected and, where this process
+    /// subscribes, every subscription granted (always, in process).
     pub fn is_connected(&self) -> bool {
         match self {
             Self::InProcess(_) => true,
             Self::Mqtt(bus) => bus.is_connected(),
+        }
+    }
+
+    /// Whether a publish can go out now (always, in process).
+    pub fn can_publish(&self) -> bool {
+        match self {
+            Self::InProcess(_) => true,
+            Self::Mqtt(bus) => bus.can_publish(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod html;
 pub mod middleware;
 pub mod page;
 pub mod server;
+mod write_timeout;
 
 pub use error::ApiError;
 pub use middleware::{RequestMeta, tagged};

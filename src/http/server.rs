@@ -13,10 +13,14 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use super::middleware::{Middleware, Shared};
+use super::write_timeout::WriteTimeout;
 
 /// Clients that take longer than this to send their request headers are cut off
 /// (slowloris protection when nothing sits in front of us).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that takes nothing we write for this long is gone (an SSE client that
+/// stopped reading): its connection is closed and its memory freed.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `filter` on `listener` until `shutdown` fires, then lets open requests
 /// finish for up to `drain` before closing what is left.
@@ -47,7 +51,10 @@ pub async fn serve(
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(middleware));
+            .serve_connection(
+                TokioIo::new(WriteTimeout::new(stream, WRITE_STALL_TIMEOUT)),
+                TowerToHyperService::new(middleware),
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

@@ -5,7 +5,8 @@
 #     nixos/tests and secrets/ parses;
 #   - the hubbub units' sandboxing (nixos/modules/hardening.nix, the attrset the
 #     module uses) rendered into unit files scores an exposure <= 1.5 with
-#     `systemd-analyze security --offline=yes`;
+#     `systemd-analyze security --offline=yes`; role units carry the
+#     LimitNOFILE of nixos/modules/limits.nix;
 #   - no secret can reach the Nix store (scan of nixos/), and the scanner
 #     itself catches planted violations;
 #   - secrets/: every agenix rule has an armored .age file and vice versa, and
@@ -88,7 +89,23 @@ score() {
 render hubbub-visitors '{ Type = "notify"; NotifyAccess = "main"; ExecStart = "/run/current-system/sw/bin/hubbub --config /etc/hubbub.toml serve visitors"; Restart = "on-failure"; LoadCredential = [ "redis-password:/run/agenix/redis-password" ]; }'
 render hubbub-migrate '{ Type = "oneshot"; RemainAfterExit = true; ExecStart = "/run/current-system/sw/bin/hubbub --config /etc/hubbub.toml migrate"; }'
 render hubbub-chat-ipfilter '{ Type = "notify"; ExecStart = "/run/current-system/sw/bin/hubbub serve chat"; IPAddressDeny = "any"; IPAddressAllow = [ "localhost" "10.42.0.0/24" ]; }'
-for unit in hubbub-visitors hubbub-migrate hubbub-chat-ipfilter; do score "$unit"; done
+# A role unit as the module builds it: hardening, then the limits (limits.nix).
+render hubbub-broadcast '(import ./nixos/modules/limits.nix).serviceConfig (import ./nixos/modules/limits.nix).openFiles // { Type = "notify"; NotifyAccess = "main"; ExecStart = "/run/current-system/sw/bin/hubbub --config /etc/hubbub.toml serve broadcast"; Restart = "on-failure"; }'
+for unit in hubbub-visitors hubbub-migrate hubbub-chat-ipfilter hubbub-broadcast; do score "$unit"; done
+
+# 10,000+ SSE clients per broadcast instance: the role units carry LimitNOFILE
+# (soft = hard = 65536 by default, an option of services.hubbub).
+if grep -qx 'LimitNOFILE=65536' "$work/hubbub-broadcast.service"; then
+  ok "role units get LimitNOFILE=65536 (nixos/modules/limits.nix)"
+else
+  bad "the rendered role unit has no LimitNOFILE=65536"
+fi
+if grep -q 'limits.serviceConfig cfg.openFilesLimit' nixos/modules/hubbub.nix &&
+  grep -q 'default = limits.openFiles;' nixos/modules/hubbub.nix; then
+  ok "services.hubbub.openFilesLimit (default from limits.nix) sets every role unit's LimitNOFILE"
+else
+  bad "nixos/modules/hubbub.nix does not take LimitNOFILE from limits.nix and services.hubbub.openFilesLimit"
+fi
 
 # The threshold really bites: a unit without sandboxing must fail it.
 printf '[Unit]\nDescription=unsandboxed\n[Service]\nExecStart=/bin/true\n' >"$work/naked.service"

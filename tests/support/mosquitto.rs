@@ -37,12 +37,19 @@ impl BrokerUser {
 pub struct MosquittoBuilder {
     users: Vec<BrokerUser>,
     tls: bool,
+    extra: String,
 }
 
 impl MosquittoBuilder {
     /// Password authentication with these users and their ACLs; anonymous access off.
     pub fn users(mut self, users: Vec<BrokerUser>) -> Self {
         self.users = users;
+        self
+    }
+
+    /// More configuration lines (a plugin, say), appended as given.
+    pub fn extra_config(mut self, lines: &str) -> Self {
+        self.extra.push_str(lines);
         self
     }
 
@@ -109,6 +116,7 @@ impl MosquittoBuilder {
         } else {
             None
         };
+        config.push_str(&self.extra);
         let config_path = dir.path().join("mosquitto.conf");
         std::fs::write(&config_path, config)?;
         let mut broker = Mosquitto {
@@ -161,6 +169,14 @@ impl Mosquitto {
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child, libc::SIGTERM).await?;
+        }
+        wait_for_port_closed(self.port).await
+    }
+
+    /// SIGKILL: the broker dies mid-whatever, as in a crash (no DISCONNECT sent).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, libc::SIGKILL).await?;
         }
         wait_for_port_closed(self.port).await
     }

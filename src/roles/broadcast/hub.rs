@@ -1,133 +1,467 @@
-//! Fan-out inside one broadcast instance: one channel per active stream (a chat
-//! channel, or the buffs), created when its first client arrives and removed
-//! when its last one leaves.
+//! Fan-out inside one broadcast instance, one entry per active stream (a chat
+//! channel or the buffs): created when its first client arrives, removed when its
+//! last one leaves.
+//!
+//! Each active stream has a task that owns its order. It starts from the stream's
+//! head in the database, then takes the stream's events from the bus and checks
+//! each one's `seq`: the next one is framed once and shared by every client; an
+//! older one is a duplicate and dropped; a newer one means events were lost on the
+//! way (the broker dropped them, or this instance was not subscribed), so the task
+//! reads what is missing from the database once, for all its clients, and carries
+//! on. After a resubscription every active stream does the same. Clients stay
+//! connected throughout.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use tokio::sync::broadcast;
+use bytes::Bytes;
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-/// One event of a stream: its id and its JSON, encoded once for every client.
-#[derive(Debug)]
-pub struct Item {
-    pub id: i64,
-    pub json: String,
-}
+use crate::streams::{StreamEvent, StreamKey, Streams};
 
 /// How far a client may fall behind before it is cut off (it then resumes from
 /// history, so nothing is lost; others are never slowed down by it).
 pub const CLIENT_BUFFER: usize = 1024;
+/// Bus events queued for one stream's task (more, while it reads the database,
+/// and it backfills from the database instead).
+const INBOX: usize = 1024;
+/// Backfill reads pages of this many events.
+const BACKFILL_PAGE: u32 = 500;
+const MAX_RETRY: Duration = Duration::from_secs(2);
 
-#[derive(Clone, Default)]
-pub struct Hub {
-    channels: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Item>>>>>,
+/// One event, framed for SSE once, shared by every client of its stream.
+#[derive(Debug)]
+pub struct Frame {
+    pub id: i64,
+    pub bytes: Bytes,
 }
 
-/// A client's live feed; leaving the channel when dropped.
+/// `event:message`, the JSON, the id: what EventSource parses.
+pub fn frame(event: &StreamEvent) -> Bytes {
+    let id = event.id.to_string();
+    let mut bytes = Vec::with_capacity(event.json.len() + id.len() + 28);
+    bytes.extend_from_slice(b"event:message\ndata:");
+    bytes.extend_from_slice(&event.json);
+    bytes.extend_from_slice(b"\nid:");
+    bytes.extend_from_slice(id.as_bytes());
+    bytes.extend_from_slice(b"\n\n");
+    Bytes::from(bytes)
+}
+
+pub struct HubMetrics {
+    pub streams: IntGauge,
+    pub gaps: IntCounter,
+    pub backfills: IntCounter,
+}
+
+enum Input {
+    Live(StreamEvent),
+    Resync,
+}
+
+struct Entry {
+    generation: u64,
+    sender: broadcast::Sender<Arc<Frame>>,
+    inbox: mpsc::Sender<Input>,
+    /// Set when the inbox overflowed: the task backfills instead.
+    resync: Arc<AtomicBool>,
+    ready: watch::Receiver<bool>,
+}
+
+struct Inner {
+    entries: Mutex<HashMap<StreamKey, Entry>>,
+    generations: AtomicU64,
+    streams: Streams,
+    metrics: HubMetrics,
+    shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// A client's live feed; leaving the stream when dropped.
 pub struct Subscription {
-    pub receiver: broadcast::Receiver<Arc<Item>>,
-    /// Weak, so a reset (dropping the hub's sender) still ends this receiver.
-    sender: broadcast::WeakSender<Arc<Item>>,
+    receiver: Option<broadcast::Receiver<Arc<Frame>>>,
+    ready: watch::Receiver<bool>,
+    generation: u64,
+    key: StreamKey,
     hub: Hub,
-    stream: String,
 }
 
 impl Hub {
-    pub fn subscribe(&self, stream: &str) -> Subscription {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        let sender = channels
-            .entry(stream.to_owned())
-            .or_insert_with(|| broadcast::channel(CLIENT_BUFFER).0);
-        Subscription {
-            receiver: sender.subscribe(),
-            sender: sender.downgrade(),
-            hub: self.clone(),
-            stream: stream.to_owned(),
+    pub fn new(streams: Streams, metrics: HubMetrics, shutdown: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                entries: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
+                streams,
+                metrics,
+                shutdown,
+            }),
         }
     }
 
-    /// Delivers an item to the clients of `stream`, if it has any here.
-    pub fn deliver(&self, stream: &str, item: Item) {
-        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = channels.get(stream) {
-            let _ = sender.send(Arc::new(item));
-        }
-    }
-
-    /// Cuts every client off (they reconnect and resume from history): used when
-    /// messages may have been dropped before reaching the hub.
-    pub fn disconnect_all(&self) {
-        self.channels
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Entry>> {
+        self.inner
+            .entries
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn subscribe(&self, key: &StreamKey) -> Subscription {
+        let mut entries = self.entries();
+        let entry = entries.entry(key.clone()).or_insert_with(|| {
+            let (sender, _) = broadcast::channel(CLIENT_BUFFER);
+            let (inbox, queue) = mpsc::channel(INBOX);
+            let (ready_tx, ready) = watch::channel(false);
+            let resync = Arc::new(AtomicBool::new(false));
+            let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.streams.inc();
+            tokio::spawn(
+                StreamTask {
+                    key: key.clone(),
+                    streams: self.inner.streams.clone(),
+                    sender: sender.clone(),
+                    resync: resync.clone(),
+                    hub: self.clone(),
+                    position: (0, 0),
+                }
+                .run(queue, ready_tx),
+            );
+            Entry {
+                generation,
+                sender,
+                inbox,
+                resync,
+                ready,
+            }
+        });
+        Subscription {
+            receiver: Some(entry.sender.subscribe()),
+            ready: entry.ready.clone(),
+            generation: entry.generation,
+            key: key.clone(),
+            hub: self.clone(),
+        }
+    }
+
+    /// An event from the bus, for the stream's task if the stream is active here.
+    pub fn offer(&self, key: &StreamKey, event: StreamEvent) {
+        let entries = self.entries();
+        if let Some(entry) = entries.get(key)
+            && entry.inbox.try_send(Input::Live(event)).is_err()
+        {
+            entry.resync.store(true, Ordering::Release);
+        }
+    }
+
+    /// Events may have been missed (resubscribed, or the dispatcher fell behind the
+    /// bus): every active stream reads what it missed from the database.
+    pub fn resync_all(&self) {
+        for entry in self.entries().values() {
+            entry.resync.store(true, Ordering::Release);
+            let _ = entry.inbox.try_send(Input::Resync);
+        }
     }
 
     #[cfg(test)]
-    pub fn active_channels(&self) -> usize {
-        self.channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+    pub fn active_streams(&self) -> usize {
+        self.entries().len()
+    }
+}
+
+impl Subscription {
+    /// Resolves once the stream's task knows where the stream stands, so a resume
+    /// read from history after this cannot fall between history and live.
+    pub async fn ready(&mut self) {
+        let _ = self.ready.wait_for(|ready| *ready).await;
+    }
+
+    pub async fn recv(&mut self) -> Result<Arc<Frame>, broadcast::error::RecvError> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut channels = self.hub.channels.lock().unwrap_or_else(|e| e.into_inner());
-        // Our receiver is still alive here, so "only us" is a count of one. After
-        // `disconnect_all` the entry may be a newer channel: that one is not ours.
-        let ours = self.sender.upgrade();
-        if channels.get(&self.stream).is_some_and(|sender| {
-            ours.as_ref().is_some_and(|ours| sender.same_channel(ours))
-                && sender.receiver_count() <= 1
-        }) {
-            channels.remove(&self.stream);
+        let mut entries = self.hub.entries();
+        // Our receiver goes under the lock, so two clients leaving at once cannot
+        // both count the other and leave the stream behind.
+        drop(self.receiver.take());
+        let last = entries.get(&self.key).is_some_and(|entry| {
+            entry.generation == self.generation && entry.sender.receiver_count() == 0
+        });
+        if last {
+            // Dropping the entry's inbox sender ends the stream's task.
+            entries.remove(&self.key);
+            self.hub.inner.metrics.streams.dec();
+        }
+    }
+}
+
+struct StreamTask {
+    key: StreamKey,
+    streams: Streams,
+    sender: broadcast::Sender<Arc<Frame>>,
+    resync: Arc<AtomicBool>,
+    hub: Hub,
+    /// Id and seq of the last event sent to the clients.
+    position: (i64, i64),
+}
+
+impl StreamTask {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Input>, ready: watch::Sender<bool>) {
+        let shutdown = self.hub.inner.shutdown.clone();
+        // Where the stream stands: what is older is in the database for any client
+        // that resumes, what is newer comes through here.
+        let mut retry = Duration::from_millis(50);
+        loop {
+            match self.streams.head(&self.key).await {
+                Ok(head) => {
+                    self.position = head;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, stream = ?self.key, "cannot read the stream's head; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(MAX_RETRY);
+                }
+            }
+        }
+        let _ = ready.send(true);
+        loop {
+            let input = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                input = inbox.recv() => input,
+            };
+            let Some(input) = input else { return };
+            if self.resync.swap(false, Ordering::AcqRel) && !self.backfill(&shutdown).await {
+                return;
+            }
+            if let Input::Live(event) = input {
+                let (_, seq) = self.position;
+                if event.seq <= seq {
+                    continue; // a duplicate (at-least-once delivery) or already backfilled
+                }
+                if event.seq > seq + 1 {
+                    self.hub.inner.metrics.gaps.inc();
+                    tracing::info!(stream = ?self.key, after = seq, got = event.seq, "gap in a stream; reading it back from the database");
+                    if !self.backfill(&shutdown).await {
+                        return;
+                    }
+                    if event.seq <= self.position.1 {
+                        continue;
+                    }
+                }
+                self.send(&event);
+            }
+        }
+    }
+
+    fn send(&mut self, event: &StreamEvent) {
+        self.position = (event.id, event.seq);
+        let _ = self.sender.send(Arc::new(Frame {
+            id: event.id,
+            bytes: frame(event),
+        }));
+    }
+
+    /// Everything after the current position, from the database, in order.
+    /// `false` when shutting down.
+    async fn backfill(&mut self, shutdown: &CancellationToken) -> bool {
+        self.hub.inner.metrics.backfills.inc();
+        let mut retry = Duration::from_millis(50);
+        loop {
+            match self
+                .streams
+                .after(&self.key, self.position.0, BACKFILL_PAGE)
+                .await
+            {
+                Ok(page) => {
+                    let full = page.len() == BACKFILL_PAGE as usize;
+                    for event in &page {
+                        if event.seq > self.position.1 {
+                            self.send(event);
+                        }
+                    }
+                    if !full {
+                        return true;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, stream = ?self.key, "backfill from the database failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(MAX_RETRY);
+                }
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Barrier;
 
-    fn item(id: i64) -> Item {
-        Item {
-            id,
-            json: "{}".into(),
+    use super::*;
+    use crate::configuration::{Environment, Settings};
+    use crate::domain::{Channel, MessageText, UserName};
+    use crate::storage::Database;
+    use crate::streams::chat::MessageStore;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Fixture {
+        hub: Hub,
+        store: MessageStore,
+        channel: Channel,
+        gaps: IntCounter,
+        _state: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let state = tempfile::tempdir().expect("tempdir");
+        let env = Environment {
+            state_directory: Some(state.path().to_path_buf()),
+            ..Environment::default()
+        };
+        let settings = Settings::from_toml("", &env).expect("settings");
+        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        db.migrate().await.expect("migrate");
+        let gaps = IntCounter::new("gaps", "gaps").expect("counter");
+        let hub = Hub::new(
+            Streams::new(db.clone()),
+            HubMetrics {
+                streams: IntGauge::new("streams", "streams").expect("gauge"),
+                gaps: gaps.clone(),
+                backfills: IntCounter::new("backfills", "backfills").expect("counter"),
+            },
+            CancellationToken::new(),
+        );
+        Fixture {
+            hub,
+            store: MessageStore::new(db),
+            channel: Channel::parse("room").expect("channel"),
+            gaps,
+            _state: state,
         }
     }
 
-    #[tokio::test]
-    async fn channels_come_and_go_with_their_clients() {
-        let hub = Hub::default();
-        let mut a = hub.subscribe("a");
-        let b1 = hub.subscribe("b");
-        let b2 = hub.subscribe("b");
-        assert_eq!(hub.active_channels(), 2);
-        hub.deliver("a", item(1));
-        hub.deliver("c", item(2));
-        assert_eq!(a.receiver.recv().await.expect("message").id, 1);
-        drop(b1);
-        assert_eq!(hub.active_channels(), 2, "b still has a client");
-        drop(b2);
-        assert_eq!(hub.active_channels(), 1);
-        drop(a);
-        assert_eq!(hub.active_channels(), 0);
+    impl Fixture {
+        fn key(&self) -> StreamKey {
+            StreamKey::Chat(self.channel.clone())
+        }
+
+        async fn post(&self) -> StreamEvent {
+            let message = self
+                .store
+                .insert(
+                    &self.channel,
+                    &UserName::parse("alice").expect("user"),
+                    &MessageText::parse("hi").expect("text"),
+                )
+                .await
+                .expect("insert");
+            StreamEvent::encode(&message).expect("encode")
+        }
+    }
+
+    async fn next_id(subscription: &mut Subscription) -> i64 {
+        tokio::time::timeout(WAIT, subscription.recv())
+            .await
+            .expect("a frame in time")
+            .expect("a frame")
+            .id
     }
 
     #[tokio::test]
-    async fn a_client_cut_off_by_a_reset_does_not_remove_its_successor() {
-        let hub = Hub::default();
-        let mut old = hub.subscribe("a");
-        hub.disconnect_all();
-        assert!(
-            old.receiver.recv().await.is_err(),
-            "the old client is cut off"
+    async fn a_gap_is_read_back_from_the_database_once_and_in_order() {
+        let f = fixture().await;
+        for _ in 0..3 {
+            f.post().await;
+        }
+        let mut client = f.hub.subscribe(&f.key());
+        client.ready().await;
+        let missed: Vec<StreamEvent> = vec![f.post().await, f.post().await];
+        let third = f.post().await;
+        // The broker dropped the first two: the stream sees seq 6 after seq 3.
+        f.hub.offer(&f.key(), third.clone());
+        for event in missed.iter().chain([&third]) {
+            assert_eq!(next_id(&mut client).await, event.id);
+        }
+        assert_eq!(f.gaps.get(), 1);
+        // Late duplicates of what was backfilled are dropped.
+        f.hub.offer(&f.key(), missed[0].clone());
+        f.hub.offer(&f.key(), third.clone());
+        let next = f.post().await;
+        f.hub.offer(&f.key(), next.clone());
+        assert_eq!(
+            next_id(&mut client).await,
+            next.id,
+            "no duplicate before it"
         );
-        let mut new = hub.subscribe("a");
-        drop(old);
-        hub.deliver("a", item(7));
-        assert_eq!(new.receiver.recv().await.expect("still delivered").id, 7);
+        // After a resubscription the stream catches up without any live event.
+        let unseen = f.post().await;
+        f.hub.resync_all();
+        assert_eq!(next_id(&mut client).await, unseen.id);
+        assert_eq!(f.gaps.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_the_sse_event_of_its_json() {
+        let event = StreamEvent {
+            id: 42,
+            seq: 7,
+            json: Bytes::from_static(br#"{"id":42,"seq":7}"#),
+        };
+        assert_eq!(
+            &frame(&event)[..],
+            b"event:message\ndata:{\"id\":42,\"seq\":7}\nid:42\n\n"
+        );
+    }
+
+    /// Clients of one stream leaving at the same moment, from several threads:
+    /// the stream must go with them (it used to stay, with its ring, when each
+    /// counted the other's receiver).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_leavers_never_leave_their_stream_behind() {
+        let f = fixture().await;
+        for round in 0..3000 {
+            let clients: Vec<Subscription> = (0..4).map(|_| f.hub.subscribe(&f.key())).collect();
+            let barrier = Arc::new(Barrier::new(clients.len()));
+            let threads: Vec<_> = clients
+                .into_iter()
+                .map(|subscription| {
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        drop(subscription);
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread.join().expect("thread");
+            }
+            assert_eq!(
+                f.hub.active_streams(),
+                0,
+                "round {round}: stream left behind"
+            );
+        }
     }
 }

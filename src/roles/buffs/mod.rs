@@ -3,8 +3,6 @@
 //! viewers' page (`/buffs/`) and the staff dashboard (`/admin/buffs/`).
 
 mod auth;
-pub mod buff;
-pub mod store;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -24,12 +22,11 @@ use crate::domain::{Answers, Question};
 use crate::http::page::{self, Page, Section};
 use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, RelayMetrics};
 use crate::storage::{Database, to_api_error};
+use crate::streams::buffs::{self as store, Buff, BuffStore};
+use crate::streams::outbox::{Outbox, RelayMetrics};
 
 use auth::AdminTokens;
-use buff::Buff;
-use store::BuffStore;
 
 const ROLE: &str = "buffs";
 const DEFAULT_LIMIT: u32 = 20;

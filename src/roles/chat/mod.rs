@@ -1,9 +1,7 @@
 //! Role `chat`: post messages (stored first, then relayed to the bus), read history,
 //! and the chat page.
 
-pub mod message;
 mod rate_limit;
-pub mod store;
 
 use std::sync::{Arc, LazyLock};
 
@@ -22,12 +20,11 @@ use crate::domain::{Channel, MessageText, UserName};
 use crate::http::page::{self, Page, Section};
 use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, RelayMetrics};
 use crate::storage::{Database, to_api_error};
+use crate::streams::chat::{self as store, ChatMessage, MessageStore};
+use crate::streams::outbox::{Outbox, RelayMetrics};
 
-use message::ChatMessage;
 use rate_limit::RateLimiter;
-use store::MessageStore;
 
 const ROLE: &str = "chat";
 const DEFAULT_LIMIT: u32 = 50;

@@ -1,26 +1,51 @@
-//! Chat messages in the database: history, resume, and the outbox.
+//! Chat channels as streams: append (under the channel's ordering lock), history,
+//! resume, and the outbox.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DbErr, QueryResult, Statement, TransactionTrait, Value,
 };
+use serde::{Deserialize, Serialize};
 
-use super::message::ChatMessage;
+use super::outbox::OutboxTable;
+use super::{StreamItem, chat_topic};
 use crate::domain::{Channel, MessageText, UserName};
-use crate::outbox::OutboxTable;
 use crate::storage::{Database, statement};
 use crate::timestamp::now;
 
+/// A stored chat message, as the API, the bus and SSE carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub id: i64,
+    /// 1, 2, 3, … within the channel.
+    pub seq: i64,
+    pub channel: String,
+    pub user: String,
+    pub text: String,
+    #[serde(with = "crate::timestamp::rfc3339")]
+    pub sent_at: DateTime<Utc>,
+}
+
+impl StreamItem for ChatMessage {
+    fn id(&self) -> i64 {
+        self.id
+    }
+
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    fn topic(&self) -> String {
+        chat_topic(&self.channel)
+    }
+}
+
 /// PostgreSQL: lock the channel and insert in one autocommit call (a function from
-/// migration 000004), so ids commit in order within a channel and a subscriber never
-/// sees id 11 before id 10 (resume relies on it), while the lock is held only for the
-/// statement, not across round trips.
+/// migrations 000004 and 000005), so ids commit in order within a channel and each
+/// message gets the next `seq`, while the lock is held only for the statement.
 const INSERT_POSTGRES: &str = "hubbub_chat_insert($1, $2, $3, $4)";
 
-#[derive(Clone)]
-pub struct MessageStore {
-    db: Database,
-}
+const COLUMNS: &str = "id, seq, channel, user_name, text, sent_at";
 
 /// The outbox of chat messages.
 pub static OUTBOX: OutboxTable<ChatMessage> = OutboxTable {
@@ -33,6 +58,7 @@ pub static OUTBOX: OutboxTable<ChatMessage> = OutboxTable {
 fn row_to_message(row: &QueryResult) -> Result<ChatMessage, DbErr> {
     Ok(ChatMessage {
         id: row.try_get("", "id")?,
+        seq: row.try_get("", "seq")?,
         channel: row.try_get("", "channel")?,
         user: row.try_get("", "user_name")?,
         text: row.try_get("", "text")?,
@@ -40,7 +66,10 @@ fn row_to_message(row: &QueryResult) -> Result<ChatMessage, DbErr> {
     })
 }
 
-const COLUMNS: &str = "id, channel, user_name, text, sent_at";
+#[derive(Clone)]
+pub struct MessageStore {
+    db: Database,
+}
 
 impl MessageStore {
     pub fn new(db: Database) -> Self {
@@ -51,7 +80,7 @@ impl MessageStore {
         statement(self.db.backend(), sql, values)
     }
 
-    /// Stores a message; when this returns, it is committed.
+    /// Appends a message to its channel; when this returns, it is committed.
     pub async fn insert(
         &self,
         channel: &Channel,
@@ -76,13 +105,16 @@ impl MessageStore {
                 .ok_or_else(|| DbErr::RecordNotFound("insert returned no row".into()))?;
             return row_to_message(&row);
         }
-        // SQLite serialises writers itself.
+        // SQLite serialises writers itself; the insert is the transaction's first
+        // statement, so it holds the write lock when it reads the last seq.
         let txn = self.db.connection().begin().await?;
         let row = txn
             .query_one_raw(self.statement(
                 &format!(
-                    "INSERT INTO chat_messages (channel, user_name, text, sent_at) \
-                     VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+                    "INSERT INTO chat_messages (channel, user_name, text, sent_at, seq) \
+                     VALUES ($1, $2, $3, $4, \
+                       COALESCE((SELECT MAX(seq) FROM chat_messages WHERE channel = $1), 0) + 1) \
+                     RETURNING {COLUMNS}"
                 ),
                 values,
             ))
@@ -126,7 +158,7 @@ impl MessageStore {
     /// Up to `limit` messages of `channel` newer than `after`, oldest first (resume).
     pub async fn after(
         &self,
-        channel: &str,
+        channel: &Channel,
         after: i64,
         limit: u32,
     ) -> Result<Vec<ChatMessage>, DbErr> {
@@ -138,9 +170,29 @@ impl MessageStore {
                     "SELECT {COLUMNS} FROM chat_messages WHERE channel = $1 AND id > $2 \
                      ORDER BY id ASC LIMIT $3"
                 ),
-                vec![channel.into(), after.into(), i64::from(limit).into()],
+                vec![
+                    channel.as_str().into(),
+                    after.into(),
+                    i64::from(limit).into(),
+                ],
             ))
             .await?;
         rows.iter().map(row_to_message).collect()
+    }
+
+    /// The id and seq of the channel's last message, `(0, 0)` when it has none.
+    pub async fn head(&self, channel: &Channel) -> Result<(i64, i64), DbErr> {
+        let row = self
+            .db
+            .connection()
+            .query_one_raw(self.statement(
+                "SELECT id, seq FROM chat_messages WHERE channel = $1 ORDER BY id DESC LIMIT 1",
+                vec![channel.as_str().into()],
+            ))
+            .await?;
+        match row {
+            Some(row) => Ok((row.try_get("", "id")?, row.try_get("", "seq")?)),
+            None => Ok((0, 0)),
+        }
     }
 }
