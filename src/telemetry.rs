@@ -1,13 +1,20 @@
 //! Logging: journald under systemd, otherwise stderr (human-readable or JSON lines).
 //! Events are formatted where they happen and written by a logging thread
 //! (tracing-appender's non-blocking writer), so a request never waits for a write
-//! to the journal or to stderr. When that thread falls 128,000 events behind,
-//! writers wait rather than drop events (fail2ban reads some of them).
+//! to the journal or to stderr; warnings and errors are written at once. When that
+//! thread falls 128,000 events behind, requests wait rather than lose events.
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
 
+use tracing::Level;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt;
+
+use crate::journald::{JournalSocket, JournaldLayer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -47,43 +54,64 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
             .lossy(false)
             .thread_name("hubbub-log")
     };
-    let guard = match output {
-        LogOutput::Journald => match crate::journald::JournalSocket::connect() {
-            Ok(socket) => {
-                let (writer, guard) = builder().finish(socket);
-                registry
-                    .with(crate::journald::JournaldLayer::new(writer, "hubbub"))
-                    .try_init()?;
-                guard
-            }
-            // No journald socket after all (e.g. a container): fall back to stderr.
-            Err(_) => {
-                let (writer, guard) = builder().finish(std::io::stderr());
-                registry
-                    .with(tracing_subscriber::fmt::layer().with_writer(writer))
-                    .try_init()?;
-                guard
-            }
-        },
-        LogOutput::Json => {
-            let (writer, guard) = builder().finish(std::io::stderr());
+    // INFO and below (the access log: one event per request) go through the logging
+    // thread. Warnings and errors are rare and written at once, so none is lost when
+    // the process dies the next moment (fail2ban reads some of them).
+    let queued = || filter_fn(|metadata| *metadata.level() > Level::WARN);
+    let at_once = || filter_fn(|metadata| *metadata.level() <= Level::WARN);
+    let journal = match output {
+        LogOutput::Journald => JournalSocket::connect()
+            .and_then(|queued| Ok((queued, JournalSocket::connect()?)))
+            .ok(),
+        _ => None,
+    };
+    let guard = match (output, journal) {
+        (LogOutput::Journald, Some((queued_socket, direct_socket))) => {
+            let (writer, guard) = builder().finish(queued_socket);
             registry
+                .with(JournaldLayer::new(writer, "hubbub").with_filter(queued()))
                 .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_writer(writer),
+                    JournaldLayer::new(Mutex::new(direct_socket), "hubbub").with_filter(at_once()),
                 )
                 .try_init()?;
             guard
         }
-        LogOutput::Text => {
+        (LogOutput::Json, _) => {
             let (writer, guard) = builder().finish(std::io::stderr());
             registry
                 .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_ansi(std::io::stderr().is_terminal())
-                        .with_writer(writer),
+                    fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_writer(writer)
+                        .with_filter(queued()),
+                )
+                .with(
+                    fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_writer(std::io::stderr)
+                        .with_filter(at_once()),
+                )
+                .try_init()?;
+            guard
+        }
+        // Text, and journald without a journal socket after all (e.g. a container).
+        (LogOutput::Text | LogOutput::Journald, _) => {
+            let (writer, guard) = builder().finish(std::io::stderr());
+            let ansi = output == LogOutput::Text && std::io::stderr().is_terminal();
+            registry
+                .with(
+                    fmt::layer()
+                        .with_ansi(ansi)
+                        .with_writer(writer)
+                        .with_filter(queued()),
+                )
+                .with(
+                    fmt::layer()
+                        .with_ansi(ansi)
+                        .with_writer(std::io::stderr)
+                        .with_filter(at_once()),
                 )
                 .try_init()?;
             guard
