@@ -136,3 +136,93 @@ fn put(entry: &mut Vec<u8>, name: &str, value: &[u8]) {
     entry.extend_from_slice(value);
     entry.push(b'\n');
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Collects each entry written.
+    #[derive(Clone, Default)]
+    struct Entries(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Entries {
+        fn write(&mut self, entry: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("lock").push(entry.to_vec());
+            Ok(entry.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Entries {
+        type Writer = Self;
+
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    /// Reads `NAME\n<len><value>\n` fields back.
+    fn fields(mut entry: &[u8]) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        while let Some(newline) = entry.iter().position(|b| *b == b'\n') {
+            let name = String::from_utf8_lossy(&entry[..newline]).into_owned();
+            let length = u64::from_le_bytes(entry[newline + 1..newline + 9].try_into().expect("8"));
+            let start = newline + 9;
+            let end = start + usize::try_from(length).expect("length");
+            fields.push((
+                name,
+                String::from_utf8_lossy(&entry[start..end]).into_owned(),
+            ));
+            assert_eq!(entry[end], b'\n');
+            entry = &entry[end + 1..];
+        }
+        assert!(entry.is_empty());
+        fields
+    }
+
+    #[test]
+    fn one_entry_per_event_with_the_journal_fields() {
+        let entries = Entries::default();
+        let subscriber =
+            tracing_subscriber::registry().with(JournaldLayer::new(entries.clone(), "hubbub"));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                target: "hubbub::access",
+                request_id = "r-1",
+                route = "/api/chat/{channel}/messages",
+                status = 201u16,
+                latency_ms = 1.5,
+                "request"
+            );
+            tracing::warn!(error = "two\nlines", "something failed");
+        });
+        let entries = entries.0.lock().expect("lock");
+        assert_eq!(entries.len(), 2);
+        let access = fields(&entries[0]);
+        let get = |fields: &[(String, String)], name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
+        };
+        assert_eq!(get(&access, "PRIORITY"), "5");
+        assert_eq!(get(&access, "TARGET"), "hubbub::access");
+        assert_eq!(get(&access, "SYSLOG_IDENTIFIER"), "hubbub");
+        assert_eq!(get(&access, "MESSAGE"), "request");
+        assert_eq!(get(&access, "F_REQUEST_ID"), "r-1");
+        assert_eq!(get(&access, "F_ROUTE"), "/api/chat/{channel}/messages");
+        assert_eq!(get(&access, "F_STATUS"), "201");
+        assert_eq!(get(&access, "F_LATENCY_MS"), "1.5");
+        let warning = fields(&entries[1]);
+        assert_eq!(get(&warning, "PRIORITY"), "4");
+        assert_eq!(get(&warning, "F_ERROR"), "two\nlines");
+    }
+}
