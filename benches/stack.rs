@@ -434,7 +434,7 @@ async fn visitors(stack: &mut Stack, seconds: u64, durable: bool) -> anyhow::Res
     };
     println!("## Visitor page (PostgreSQL with {mode}, Redis), 64 connections, {seconds} s each\n");
     println!(
-        "| visitors in the table | hubbub `GET /` req/s | p99 | pgbench visit tps (limit) | ratio | errors | 200 answers / visits stored |\n|---|---|---|---|---|---|---|"
+        "| visitors in the table | hubbub `GET /` req/s | p99 | pgbench visit tps (limit) | ratio | errors | 200 answers / visits stored | lost |\n|---|---|---|---|---|---|---|---|"
     );
     let mut throughput = Vec::new();
     let mut commands = Vec::new();
@@ -442,11 +442,14 @@ async fn visitors(stack: &mut Stack, seconds: u64, durable: bool) -> anyhow::Res
         seed_visitors(stack, count).await?;
         let run = wrk(&url, 64, seconds, Some(&script)).await?;
         let stored = visits_in_database(stack).await?.saturating_sub(count);
+        // Answered but not stored would be lost. Stored beyond the answers are the
+        // requests still in flight when wrk stopped (at most one per connection).
+        let lost = run.ok.saturating_sub(stored);
         seed_visitors(stack, count).await?;
         let anchor = pgbench(stack, 64, seconds).await?;
         let ratio = run.rps / anchor.tps;
         println!(
-            "| {count} | {:.0} | {:.1} ms ({}) | {:.0} | {ratio:.2} ({}) | {} | {} / {stored} ({}) |",
+            "| {count} | {:.0} | {:.1} ms ({}) | {:.0} | {ratio:.2} ({}) | {} | {} / {stored} | {lost} ({}) |",
             run.rps,
             run.p99_ms,
             verdict(run.p99_ms <= 20.0),
@@ -454,14 +457,15 @@ async fn visitors(stack: &mut Stack, seconds: u64, durable: bool) -> anyhow::Res
             verdict(ratio >= 1.0),
             run.errors,
             run.ok,
-            verdict(run.ok == stored),
+            verdict(lost == 0),
         );
         throughput.push(run.rps);
         commands = vec![run.command, anchor.command];
     }
     let growth = throughput[1] / throughput[0];
     println!(
-        "\nCost growth, 1,000,000 vs 1,000 visitors: {growth:.2} of the throughput ({}; target ≥ 0.8).\n",
+        "\nCost growth, 1,000,000 vs 1,000 visitors: {growth:.2} of the throughput ({}; target ≥ 0.8). \
+         Visits stored beyond the 200 answers are requests still in flight when wrk stopped.\n",
         verdict(growth >= 0.8)
     );
     // One client at a time: what a lone visit costs, against the statement alone.

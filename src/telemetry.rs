@@ -45,6 +45,12 @@ pub struct LogGuard {
     _flush_on_drop: WorkerGuard,
 }
 
+/// Lines are gathered and written together: the logging thread flushes whenever it
+/// has written everything queued, so nothing waits long in the buffer.
+fn buffered_stderr() -> std::io::BufWriter<std::io::Stderr> {
+    std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr())
+}
+
 /// Installs the global subscriber; the level comes from `RUST_LOG` (default `info`).
 pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -77,7 +83,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
             guard
         }
         (LogOutput::Json, _) => {
-            let (writer, guard) = builder().finish(std::io::stderr());
+            let (writer, guard) = builder().finish(buffered_stderr());
             registry
                 .with(
                     fmt::layer()
@@ -98,7 +104,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
         }
         // Text, and journald without a journal socket after all (e.g. a container).
         (LogOutput::Text | LogOutput::Journald, _) => {
-            let (writer, guard) = builder().finish(std::io::stderr());
+            let (writer, guard) = builder().finish(buffered_stderr());
             let ansi = output == LogOutput::Text && std::io::stderr().is_terminal();
             registry
                 .with(

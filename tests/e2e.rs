@@ -407,7 +407,11 @@ async fn redis_outage(stack: &mut Stack) -> anyhow::Result<String> {
         .json()
         .await?;
     let page = stack.client.get(stack.url("/")).send().await?;
-    ensure!(page.status() == 200, "visit without redis: {}", page.status());
+    ensure!(
+        page.status() == 200,
+        "visit without redis: {}",
+        page.status()
+    );
     // The stats are cached in each process (500 ms), not in Redis: they catch up.
     let expected = before["total_visits"].as_i64().map(|t| t + 1);
     let started = Instant::now();

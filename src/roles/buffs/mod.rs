@@ -202,14 +202,15 @@ impl Buffs {
                 };
                 tagged(ROLE, "/api/buffs/{id}", reply)
             });
-        create(warp::path!("api" / "buffs").boxed(), "/api/buffs")
-            .or(create(warp::path!("buff").boxed(), "/buff"))
+        // Reads first: they are nearly every request.
+        list(warp::path!("api" / "buffs").boxed(), "/api/buffs")
+            .or(get)
             .unify()
-            .or(list(warp::path!("api" / "buffs").boxed(), "/api/buffs"))
+            .or(create(warp::path!("api" / "buffs").boxed(), "/api/buffs"))
             .unify()
             .or(list(warp::path!("buffs").boxed(), "/buffs"))
             .unify()
-            .or(get)
+            .or(create(warp::path!("buff").boxed(), "/buff"))
             .unify()
             .boxed()
     }

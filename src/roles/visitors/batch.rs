@@ -2,8 +2,9 @@
 //! round trip and one commit (`VisitStore::record_batch`); every request is answered
 //! only after the batch holding its visit has committed, with its own count.
 //!
-//! A visit that arrives while no batch is in flight is sent at once, alone, so a
-//! quiet site sees no added latency. While batches are in flight, new visits queue;
+//! A visit that finds nothing queued and a slot free is sent at once by its own
+//! request, alone, with the single-visit statement: a quiet site sees no added
+//! latency and no hand-over between tasks. While batches are in flight, visits queue;
 //! a batch is sent when a slot frees up, when it is full (`batch_max_size`), and, if
 //! `batch_max_wait_us` is above 0, not before that long has passed since its first
 //! visit unless it is full (PostgreSQL's `commit_delay` idea: wait a little for
@@ -44,6 +45,9 @@ struct Pending {
 pub struct VisitBatcher {
     queue: mpsc::Sender<Pending>,
     queue_timeout: Duration,
+    store: VisitStore,
+    slots: Arc<Semaphore>,
+    batches: IntCounter,
 }
 
 impl VisitBatcher {
@@ -54,22 +58,40 @@ impl VisitBatcher {
         let max_in_flight = settings.max_in_flight.max(1);
         // Room for every in-flight batch and as many waiting: beyond that, back-pressure.
         let (queue, receiver) = mpsc::channel(max_size * (max_in_flight + 1));
+        let slots = Arc::new(Semaphore::new(max_in_flight));
         tokio::spawn(run(
-            store,
-            batches,
+            store.clone(),
+            batches.clone(),
             receiver,
             max_size,
             settings.max_wait,
-            Arc::new(Semaphore::new(max_in_flight)),
+            slots.clone(),
         ));
         Self {
             queue,
             queue_timeout: settings.queue_timeout,
+            store,
+            slots,
+            batches,
         }
     }
 
     /// Records one visit; returns once it is committed.
     pub async fn record(&self, visitor: VisitorId) -> Result<Visit, ApiError> {
+        // Alone (nothing queued, a slot free): this request sends its visit itself,
+        // with no hand-over to the batching task, exactly as without batching.
+        if self.queue.capacity() == self.queue.max_capacity()
+            && let Ok(slot) = self.slots.clone().try_acquire_owned()
+        {
+            self.batches.inc();
+            let visit = self
+                .store
+                .record(&visitor)
+                .await
+                .map_err(|error| to_api_error(error, "recording visits"));
+            drop(slot);
+            return visit;
+        }
         let (reply, answer) = oneshot::channel();
         let pending = Pending { visitor, reply };
         match tokio::time::timeout(self.queue_timeout, self.queue.send(pending)).await {
