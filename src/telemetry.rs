@@ -47,8 +47,31 @@ pub struct LogGuard {
 
 /// Lines are gathered and written together: the logging thread flushes whenever it
 /// has written everything queued, so nothing waits long in the buffer.
-fn buffered_stderr() -> std::io::BufWriter<std::io::Stderr> {
-    std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr())
+fn buffered_stderr() -> Lingering<std::io::BufWriter<std::io::Stderr>> {
+    Lingering(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stderr(),
+    ))
+}
+
+/// How long the logging thread rests after writing everything queued. Events that
+/// arrive meanwhile queue up without waking it: under load that saves a wake-up
+/// (a futex call and a context switch) per request; events wait at most this long.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A writer for the logging thread that rests for `LINGER` after each flush.
+struct Lingering<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Lingering<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let flushed = self.0.flush();
+        std::thread::sleep(LINGER);
+        flushed
+    }
 }
 
 /// Installs the global subscriber; the level comes from `RUST_LOG` (default `info`).
@@ -73,7 +96,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
     };
     let guard = match (output, journal) {
         (LogOutput::Journald, Some((queued_socket, direct_socket))) => {
-            let (writer, guard) = builder().finish(queued_socket);
+            let (writer, guard) = builder().finish(Lingering(queued_socket));
             registry
                 .with(JournaldLayer::new(writer, "hubbub").with_filter(queued()))
                 .with(
