@@ -10,14 +10,13 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use prometheus::IntCounter;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, filters::BoxedFilter};
-
-use bytes::Bytes;
 
 use crate::bus::Bus;
 use crate::cache::Cache;
