@@ -22,6 +22,7 @@ use support::stack::{ADMIN_TOKEN, Stack};
 const ALL: &[&str] = &[
     "footprint",
     "visitors",
+    "durable",
     "cached",
     "fanout",
     "chat",
@@ -55,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
     for name in &wanted {
         match name.as_str() {
             "footprint" => footprint(&mut stack).await?,
-            "visitors" => visitors(&mut stack, seconds).await?,
+            "visitors" => visitors(&mut stack, seconds, false).await?,
+            "durable" => visitors(&mut stack, seconds, true).await?,
             "cached" => cached(&mut stack, seconds).await?,
             "fanout" => fanout(&mut stack).await?,
             "chat" => chat(&mut stack).await?,
@@ -119,7 +121,10 @@ async fn output(program: &str, args: &[String], env: &[(&str, &str)]) -> anyhow:
 
 struct Wrk {
     rps: f64,
+    p50_ms: f64,
     p99_ms: f64,
+    /// Responses with a 2xx status.
+    ok: u64,
     errors: u64,
     command: String,
 }
@@ -132,7 +137,7 @@ async fn wrk(
     script: Option<&Path>,
 ) -> anyhow::Result<Wrk> {
     let mut args = vec![
-        "-t2".to_owned(),
+        format!("-t{}", connections.min(2)),
         format!("-c{connections}"),
         format!("-d{seconds}s"),
         "--latency".to_owned(),
@@ -147,11 +152,20 @@ async fn wrk(
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .context("wrk printed no Requests/sec")?;
-    let p99_ms = out
+    let percentile = |name: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| duration_ms(v.trim()))
+            .with_context(|| format!("wrk printed no {name}"))
+    };
+    let p50_ms = percentile("50%")?;
+    let p99_ms = percentile("99%")?;
+    // "123456 requests in 15.00s, 1.2GB read"
+    let requests: u64 = out
         .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .and_then(|v| duration_ms(v.trim()))
-        .context("wrk printed no 99%")?;
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .context("wrk printed no request count")?;
     // "Non-2xx or 3xx responses: N" and "Socket errors: connect A, read B, write C, timeout D"
     let non_2xx: u64 = out
         .lines()
@@ -168,7 +182,9 @@ async fn wrk(
         });
     Ok(Wrk {
         rps,
+        p50_ms,
         p99_ms,
+        ok: requests.saturating_sub(non_2xx),
         errors: non_2xx + socket,
         command: format!("wrk {}", args.join(" ")),
     })
@@ -319,17 +335,31 @@ async fn seed_visitors(stack: &Stack, count: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pgbench(stack: &Stack, seconds: u64) -> anyhow::Result<(f64, String)> {
-    pgbench_script(stack, seconds, "visit.sql", &pgbench_visit_script()).await
+struct Pgbench {
+    tps: f64,
+    latency_ms: f64,
+    command: String,
 }
 
-/// pgbench with 64 clients running `script` for `seconds`.
+async fn pgbench(stack: &Stack, clients: u32, seconds: u64) -> anyhow::Result<Pgbench> {
+    pgbench_script(
+        stack,
+        clients,
+        seconds,
+        "visit.sql",
+        &pgbench_visit_script(),
+    )
+    .await
+}
+
+/// pgbench with `clients` clients running `script_text` for `seconds`.
 async fn pgbench_script(
     stack: &Stack,
+    clients: u32,
     seconds: u64,
     name: &str,
     script_text: &str,
-) -> anyhow::Result<(f64, String)> {
+) -> anyhow::Result<Pgbench> {
     let script = stack.dir.path().join(name);
     std::fs::write(&script, script_text)?;
     // Beside the server binary: Debian's /usr/bin/pgbench is a wrapper that wants a
@@ -339,10 +369,15 @@ async fn pgbench_script(
         &["/usr/lib/postgresql/*/bin"],
     )?)?
     .with_file_name("pgbench");
-    let args: Vec<String> = ["-n", "-M", "prepared", "-c", "64", "-j", "2", "-T"]
+    let args: Vec<String> = ["-n", "-M", "prepared"]
         .iter()
         .map(|s| (*s).to_owned())
         .chain([
+            "-c".to_owned(),
+            clients.to_string(),
+            "-j".to_owned(),
+            clients.min(2).to_string(),
+            "-T".to_owned(),
             seconds.to_string(),
             "-f".to_owned(),
             script.display().to_string(),
@@ -366,42 +401,116 @@ async fn pgbench_script(
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("pgbench printed no tps")?;
-    Ok((tps, format!("pgbench {}", args.join(" "))))
+    let latency_ms = out
+        .lines()
+        .find_map(|l| l.strip_prefix("latency average = "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("pgbench printed no latency average")?;
+    Ok(Pgbench {
+        tps,
+        latency_ms,
+        command: format!("pgbench {}", args.join(" ")),
+    })
 }
 
-async fn visitors(stack: &mut Stack, seconds: u64) -> anyhow::Result<()> {
+/// Visits recorded in the database (the seeded ones included).
+async fn visits_in_database(stack: &Stack) -> anyhow::Result<u64> {
+    let out = stack
+        .postgres
+        .psql(
+            &stack.database,
+            "SELECT COALESCE(SUM(visits), 0) FROM visitors",
+        )
+        .await?;
+    out.trim().parse().context("sum of visits")
+}
+
+/// PostgreSQL as the test support runs it (fsync off), or durable (fsync and
+/// synchronous commits on, as production runs it). hubbub's pool reconnects.
+async fn set_durable(stack: &mut Stack, durable: bool) -> anyhow::Result<()> {
+    stack.postgres.stop().await?;
+    stack.postgres.set_durable(durable);
+    stack.postgres.start_again().await?;
+    let (url, _) = process_url(stack, Role::Visitors, "/readyz")?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(&url).await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
+        ensure!(
+            Instant::now() < until,
+            "visitors not ready after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn visitors(stack: &mut Stack, seconds: u64, durable: bool) -> anyhow::Result<()> {
+    if durable {
+        set_durable(stack, true).await?;
+    }
     let (url, _) = process_url(stack, Role::Visitors, "/")?;
     let script = stack.dir.path().join("random-client.lua");
     std::fs::write(&script, WRK_RANDOM_CLIENT)?;
-    println!("## Visitor page (PostgreSQL + Redis), 64 connections, {seconds} s each\n");
+    let mode = if durable {
+        "durable commits: fsync and synchronous_commit on"
+    } else {
+        "fsync off"
+    };
+    println!("## Visitor page (PostgreSQL with {mode}, Redis), 64 connections, {seconds} s each\n");
     println!(
-        "| visitors in the table | hubbub `GET /` req/s | p99 | pgbench visit tps (limit) | ratio | errors |\n|---|---|---|---|---|---|"
+        "| visitors in the table | hubbub `GET /` req/s | p99 | pgbench visit tps (limit) | ratio | errors | 200 answers / visits stored | lost |\n|---|---|---|---|---|---|---|---|"
     );
     let mut throughput = Vec::new();
     let mut commands = Vec::new();
     for count in [1_000u64, 1_000_000] {
         seed_visitors(stack, count).await?;
         let run = wrk(&url, 64, seconds, Some(&script)).await?;
+        let stored = visits_in_database(stack).await?.saturating_sub(count);
+        // Answered but not stored would be lost. Stored beyond the answers are the
+        // requests still in flight when wrk stopped (at most one per connection).
+        let lost = run.ok.saturating_sub(stored);
         seed_visitors(stack, count).await?;
-        let (tps, pgbench_command) = pgbench(stack, seconds).await?;
-        let ratio = run.rps / tps;
+        let anchor = pgbench(stack, 64, seconds).await?;
+        let ratio = run.rps / anchor.tps;
         println!(
-            "| {count} | {:.0} | {:.1} ms ({}) | {tps:.0} | {ratio:.2} ({}) | {} |",
+            "| {count} | {:.0} | {:.1} ms ({}) | {:.0} | {ratio:.2} ({}) | {} | {} / {stored} | {lost} ({}) |",
             run.rps,
             run.p99_ms,
-            verdict(run.p99_ms < 20.0),
-            verdict(ratio >= 0.6),
-            run.errors
+            verdict(run.p99_ms <= 20.0),
+            anchor.tps,
+            verdict(ratio >= 1.0),
+            run.errors,
+            run.ok,
+            verdict(lost == 0),
         );
         throughput.push(run.rps);
-        commands = vec![run.command, pgbench_command];
+        commands = vec![run.command, anchor.command];
     }
     let growth = throughput[1] / throughput[0];
     println!(
-        "\nCost growth, 1,000,000 vs 1,000 visitors: {growth:.2} of the throughput ({}; target ≥ 0.8).\n",
+        "\nCost growth, 1,000,000 vs 1,000 visitors: {growth:.2} of the throughput ({}; target ≥ 0.8). \
+         Visits stored beyond the 200 answers are requests still in flight when wrk stopped.\n",
         verdict(growth >= 0.8)
     );
+    // One client at a time: what a lone visit costs, against the statement alone.
+    seed_visitors(stack, 1_000).await?;
+    let lone = wrk(&url, 1, seconds.min(10), Some(&script)).await?;
+    seed_visitors(stack, 1_000).await?;
+    let lone_anchor = pgbench(stack, 1, seconds.min(10)).await?;
+    println!(
+        "One connection: hubbub p50 {:.2} ms ({:.0} req/s), pgbench latency {:.2} ms ({:.0} tps): \
+         p50 / statement latency = {:.2}.\n",
+        lone.p50_ms,
+        lone.rps,
+        lone_anchor.latency_ms,
+        lone_anchor.tps,
+        lone.p50_ms / lone_anchor.latency_ms
+    );
+    commands.push(lone.command);
+    commands.push(lone_anchor.command);
     println!("```\n{}\n```\n", commands.join("\n"));
+    if durable {
+        set_durable(stack, false).await?;
+    }
     Ok(())
 }
 
@@ -751,11 +860,13 @@ async fn chat_insert_tps(
     }
     let result = pgbench_script(
         stack,
+        64,
         seconds,
         &format!("chat-insert-{channels}.sql"),
         &pgbench_chat_script(channels),
     )
-    .await;
+    .await
+    .map(|run| (run.tps, run.command));
     // Two calls: psql runs one -c in one transaction, and VACUUM refuses that.
     for sql in [
         "DELETE FROM chat_messages WHERE user_name = 'pgbench'",

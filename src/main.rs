@@ -40,10 +40,14 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Err(error) = telemetry::init(telemetry::LogOutput::from_process()) {
-        eprintln!("hubbub: cannot set up logging: {error}");
-        return ExitCode::FAILURE;
-    }
+    // Held to the end of `main`: dropping it flushes the logging thread.
+    let _log_guard = match telemetry::init(telemetry::LogOutput::from_process()) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("hubbub: cannot set up logging: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     lifecycle::raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

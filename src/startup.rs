@@ -26,7 +26,7 @@ use crate::http::{ApiError, assets, error::recover, server, tagged};
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::roles::broadcast::{self, Broadcast};
-use crate::roles::buffs::Buffs;
+use crate::roles::buffs::{self, Buffs};
 use crate::roles::chat::Chat;
 use crate::roles::visitors::{Visitors, VisitorsError};
 use crate::storage::{Database, StorageError};
@@ -86,11 +86,17 @@ impl Application {
         let shutdown = CancellationToken::new();
         let needs_bus = roles.iter().any(|r| *r != Role::Visitors);
         let bus = if needs_bus {
-            let subscriptions = if roles.contains(&Role::Broadcast) {
+            let mut subscriptions = if roles.contains(&Role::Broadcast) {
                 broadcast::subscriptions()
             } else {
                 Vec::new()
             };
+            if roles.contains(&Role::Buffs) {
+                // New buffs invalidate every instance's cached buff lists.
+                subscriptions.extend(buffs::subscriptions());
+                subscriptions.sort();
+                subscriptions.dedup();
+            }
             Some(Bus::from_settings(&settings, subscriptions, &metrics)?)
         } else {
             None
@@ -124,11 +130,9 @@ impl Application {
         let mut public = health::routes(checks).or(assets::routes()).unify().boxed();
         for role in &roles {
             let routes = match role {
-                Role::Visitors => {
-                    Visitors::new(&settings, &env, db.clone(), cache.clone(), &metrics)
-                        .await?
-                        .routes()
-                }
+                Role::Visitors => Visitors::new(&settings, &env, db.clone(), &metrics)
+                    .await?
+                    .routes(),
                 Role::Chat => match &bus {
                     Some(bus) => Chat::new(
                         &settings,

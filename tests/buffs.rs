@@ -237,7 +237,7 @@ async fn new_buffs_stream_over_sse_and_resume() {
     let db_url = pg.create_database().await.expect("db");
     let broker = Mosquitto::builder()
         .users(vec![
-            BrokerUser::new("buffs", "buffs-pw", &["topic write hubbub/buffs"]),
+            BrokerUser::new("buffs", "buffs-pw", &["topic readwrite hubbub/buffs"]),
             BrokerUser::new("broadcast", "broadcast-pw", &["topic read hubbub/#"]),
         ])
         .start()
@@ -363,4 +363,80 @@ fn authentication_failures_are_logged_as_one_stable_line() {
             .any(|l| l.contains("nope") || l.contains("t0ken")),
         "tokens never logged"
     );
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// One anonymous client asking for 100,000 distinct `before` values (each a page of
+/// up to 100 buffs): the cache holds the newest page per `limit` and nothing more,
+/// and the process does not grow.
+#[tokio::test]
+async fn distinct_before_values_leave_the_cache_at_its_bound_and_memory_flat() {
+    use futures_util::StreamExt;
+
+    let app = spawn_app(&format!("[buffs]\n{TOKENS}\n"))
+        .await
+        .expect("app");
+    for i in 0..3 {
+        let created = create(
+            &app,
+            "/api/buffs",
+            Some("first-token"),
+            &quiz(&format!("q{i}?")),
+        )
+        .await;
+        assert_eq!(created.status(), 201);
+    }
+    // Every canonical page: the newest buffs for each limit.
+    for limit in 1..=100 {
+        assert_eq!(
+            app.get(&format!("/api/buffs?limit={limit}")).await.status(),
+            200
+        );
+    }
+    let entries = |metrics: &str| metric_value(metrics, "hubbub_buffs_cache_entries");
+    let canonical = entries(&app.metrics().await);
+    assert!(
+        (1.0..=100.0).contains(&canonical),
+        "{canonical} pages cached"
+    );
+
+    let rss_before = rss_kib();
+    let client = app.client.clone();
+    let base = app.url("/api/buffs?limit=100&before=");
+    let requests = futures_util::stream::iter(1..=100_000u32)
+        .map(|before| {
+            let request = client.get(format!("{base}{before}")).send();
+            async move { request.await.map(|r| r.status()) }
+        })
+        .buffer_unordered(32);
+    tokio::pin!(requests);
+    let mut answered = 0u32;
+    while let Some(status) = requests.next().await {
+        assert_eq!(status.expect("list"), 200);
+        answered += 1;
+        if answered.is_multiple_of(10_000) {
+            let grown = rss_kib().saturating_sub(rss_before);
+            assert!(
+                grown < 32 * 1024,
+                "grew {} MiB after {answered} requests",
+                grown / 1024
+            );
+        }
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(
+        entries(&metrics),
+        canonical,
+        "no page of a client's making was kept"
+    );
+    assert!(metric_value(&metrics, "hubbub_buffs_cache_bytes") <= 16.0 * 1024.0 * 1024.0);
+    app.stop().await;
 }

@@ -423,6 +423,52 @@ async fn rate_limit_is_shared_by_chat_instances_through_redis() {
     assert_eq!(history.len(), 3, "the refused message was not stored");
 }
 
+/// 30 posts from 30 addresses of one IPv6 /64 with a burst of 5: the /64 is one
+/// client, in Redis' shared limiter and in the local one alike.
+#[tokio::test]
+async fn an_ipv6_64_is_one_client_for_the_rate_limit() {
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("db");
+    let redis = Redis::start(None).await.expect("redis");
+    let limits = "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[chat]\nrate_per_minute = 1\nrate_burst = 5\n";
+    let shared = spawn_roles(
+        &format!(
+            "{limits}[database]\nurl = \"{db_url}\"\n[redis]\nurl = \"{}\"\n",
+            redis.url()
+        ),
+        &[Role::Chat],
+    )
+    .await
+    .expect("with redis");
+    let local = spawn_app(limits).await.expect("embedded");
+    for app in [&shared, &local] {
+        let post_from = |ip: String| async move {
+            app.client
+                .post(app.url("/api/chat/v6/messages"))
+                .header("x-forwarded-for", ip)
+                .json(&json!({"user": "u", "text": "hi"}))
+                .send()
+                .await
+                .expect("post")
+                .status()
+        };
+        let mut accepted = 0;
+        for host in 1..=30u32 {
+            if post_from(format!("2001:db8:5:6:{host:x}::{host:x}")).await == 201 {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 5, "one bucket for the whole /64");
+        assert_eq!(
+            post_from("2001:db8:5:7::1".to_owned()).await,
+            201,
+            "the next /64"
+        );
+        assert_eq!(post_from("203.0.113.5".to_owned()).await, 201, "IPv4 apart");
+    }
+    local.stop().await;
+}
+
 #[tokio::test]
 async fn embedded_mode_delivers_in_process() {
     let app = spawn_app("").await.expect("app");

@@ -22,10 +22,11 @@ let
         topic = "hubbub/chat/+";
       }
     ];
-    # The buffs role publishes new buffs.
+    # The buffs role publishes new buffs and receives them back: every instance drops
+    # its cached buff lists when any instance creates a buff.
     buffs.topics = [
       {
-        access = "write";
+        access = "readwrite";
         topic = "hubbub/buffs";
       }
     ];

@@ -1,37 +1,50 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Entries beyond this many trigger a sweep of expired ones, bounding memory.
-const SWEEP_ABOVE: usize = 1024;
+/// Most entries kept; beyond that the least recently used go first.
+const MAX_ENTRIES: u64 = 10_000;
+/// Most bytes of keys and values kept.
+const MAX_BYTES: u64 = 16 * 1024 * 1024;
 
-/// In-process cache for the embedded mode; the lock is never held across an await.
-#[derive(Clone, Default)]
+/// In-process cache for the embedded mode, bounded in entries and bytes; each
+/// entry expires after its own time to live.
+#[derive(Clone)]
 pub struct MemoryCache {
-    entries: Arc<Mutex<HashMap<String, (Instant, String)>>>,
+    entries: moka::sync::Cache<String, Arc<(Instant, String)>>,
+}
+
+impl Default for MemoryCache {
+    fn default() -> Self {
+        let floor = u32::try_from(MAX_BYTES.div_ceil(MAX_ENTRIES)).unwrap_or(u32::MAX);
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(MAX_BYTES)
+                .weigher(move |key: &String, value: &Arc<(Instant, String)>| {
+                    u32::try_from(key.len() + value.1.len())
+                        .unwrap_or(u32::MAX)
+                        .max(floor)
+                })
+                .build(),
+        }
+    }
 }
 
 impl MemoryCache {
     pub fn get(&self, key: &str) -> Option<String> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
+        self.entries
             .get(key)
-            .filter(|(expires, _)| *expires > Instant::now())
-            .map(|(_, value)| value.clone())
+            .filter(|entry| entry.0 > Instant::now())
+            .map(|entry| entry.1.clone())
     }
 
     pub fn set(&self, key: &str, value: &str, ttl: Duration) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if entries.len() >= SWEEP_ABOVE {
-            entries.retain(|_, (expires, _)| *expires > now);
-        }
-        entries.insert(key.to_owned(), (now + ttl, value.to_owned()));
+        let expires = Instant::now() + ttl;
+        self.entries
+            .insert(key.to_owned(), Arc::new((expires, value.to_owned())));
     }
 
     pub fn delete(&self, key: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(key);
+        self.entries.invalidate(key);
     }
 }
 
@@ -48,5 +61,17 @@ mod tests {
         assert_eq!(cache.get("b"), None);
         cache.delete("a");
         assert_eq!(cache.get("a"), None);
+    }
+
+    #[test]
+    fn many_keys_stay_within_the_bound() {
+        let cache = MemoryCache::default();
+        for i in 0..(MAX_ENTRIES * 3) {
+            cache.set(&format!("key-{i}"), "v", Duration::from_secs(60));
+        }
+        cache.entries.run_pending_tasks();
+        let entries = cache.entries.entry_count();
+        assert!(entries <= MAX_ENTRIES, "{entries} entries");
+        assert!(cache.entries.weighted_size() <= MAX_BYTES);
     }
 }

@@ -2,11 +2,13 @@
 //! instance), otherwise in process. Callers treat every error as a miss and go
 //! to the database, so a Redis outage degrades speed, never correctness.
 
+mod bodies;
 mod memory;
 mod redis;
 
 use std::time::Duration;
 
+pub use bodies::BodyCache;
 pub use memory::MemoryCache;
 pub use redis::RedisCache;
 

@@ -238,6 +238,14 @@ pub struct VisitorsSettings {
     pub salt_file: Option<PathBuf>,
     /// How long `/api/stats` answers may be served from the cache.
     pub stats_cache_ms: u64,
+    /// Most visits recorded by one statement (1: no batching).
+    pub batch_max_size: usize,
+    /// How long a batch may wait for more visits while others are in flight.
+    pub batch_max_wait_us: u64,
+    /// Batches executing at once, each on its own database connection.
+    pub batch_max_in_flight: usize,
+    /// IPv6 clients are one visitor per network of this prefix length (128: per address).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for VisitorsSettings {
@@ -248,6 +256,10 @@ impl Default for VisitorsSettings {
             salt: None,
             salt_file: None,
             stats_cache_ms: 500,
+            batch_max_size: 256,
+            batch_max_wait_us: 0,
+            batch_max_in_flight: 2,
+            ipv6_prefix: 128,
         }
     }
 }
@@ -257,6 +269,8 @@ impl Default for VisitorsSettings {
 pub struct ChatSettings {
     pub rate_per_minute: u32,
     pub rate_burst: u32,
+    /// IPv6 clients share one rate limit per network of this prefix length.
+    pub rate_limit_ipv6_prefix: u8,
 }
 
 impl Default for ChatSettings {
@@ -264,6 +278,7 @@ impl Default for ChatSettings {
         Self {
             rate_per_minute: 60,
             rate_burst: 20,
+            rate_limit_ipv6_prefix: 64,
         }
     }
 }
@@ -530,6 +545,38 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "chat.rate_per_minute",
                 "rate_per_minute and rate_burst must be above 0",
+            ));
+        }
+        for (key, prefix) in [
+            (
+                "chat.rate_limit_ipv6_prefix",
+                self.chat.rate_limit_ipv6_prefix,
+            ),
+            ("visitors.ipv6_prefix", self.visitors.ipv6_prefix),
+        ] {
+            if !(1..=128).contains(&prefix) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be a prefix length from 1 to 128",
+                ));
+            }
+        }
+        if self.visitors.batch_max_size == 0 || self.visitors.batch_max_size > 10_000 {
+            return Err(ConfigError::invalid(
+                "visitors.batch_max_size",
+                "must be from 1 to 10000",
+            ));
+        }
+        if self.visitors.batch_max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "visitors.batch_max_in_flight",
+                "must be above 0",
+            ));
+        }
+        if self.visitors.batch_max_wait_us > 1_000_000 {
+            return Err(ConfigError::invalid(
+                "visitors.batch_max_wait_us",
+                "must be at most 1000000 (1 s)",
             ));
         }
         if self.broadcast.keepalive_secs == 0 {

@@ -3,6 +3,7 @@
 mod buff;
 mod chat;
 mod invalid;
+mod network;
 mod role;
 mod text;
 mod visitor_id;
@@ -10,5 +11,6 @@ mod visitor_id;
 pub use buff::{Answers, Question};
 pub use chat::{Channel, MessageText, UserName};
 pub use invalid::Invalid;
+pub use network::{client_network, network_key};
 pub use role::Role;
 pub use visitor_id::{VisitorId, VisitorKey};

@@ -521,8 +521,8 @@ mkdir -p "$mqtt"
 nix_raw "(import ./nixos/lib/broker-acl.nix).aclFile" >"$mqtt/acl-0.conf" || bad "broker-acl.nix aclFile does not evaluate"
 # The NixOS module writes "user <n>" + "topic <acl>" per user in name order: the same text.
 got=$(nix_json '(import ./nixos/lib/broker-acl.nix).aclStrings') || got="evaluation failed"
-if [ "$got" = '{"broadcast":["read hubbub/#"],"buffs":["write hubbub/buffs"],"chat":["write hubbub/chat/+"]}' ]; then
-  ok "broker ACL: chat writes hubbub/chat/+, buffs writes hubbub/buffs, broadcast reads hubbub/# (aclStrings)"
+if [ "$got" = '{"broadcast":["read hubbub/#"],"buffs":["readwrite hubbub/buffs"],"chat":["write hubbub/chat/+"]}' ]; then
+  ok "broker ACL: chat writes hubbub/chat/+, buffs reads and writes hubbub/buffs, broadcast reads hubbub/# (aclStrings)"
 else
   bad "broker ACL strings: $got"
 fi

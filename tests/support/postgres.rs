@@ -30,6 +30,8 @@ pub struct Postgres {
     bin: PathBuf,
     user: Option<&'static str>,
     child: Option<Child>,
+    /// fsync and synchronous commits on, as in production (benchmarks).
+    durable: bool,
 }
 
 impl Postgres {
@@ -67,6 +69,7 @@ impl Postgres {
             bin,
             user,
             child: None,
+            durable: false,
         };
         server.start_again().await?;
         server
@@ -141,6 +144,12 @@ impl Postgres {
         wait_for_port_closed(self.port).await
     }
 
+    /// Durable commits (fsync, synchronous_commit, full_page_writes on, as production
+    /// runs) from the next `start_again`; off by default, for speed.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
+    }
+
     /// Starts the server (again) on the same port with the same data.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
@@ -154,9 +163,15 @@ impl Postgres {
             .arg("-k")
             .arg(self.dir.path())
             .args(["-p", &self.port.to_string(), "-h", "127.0.0.1"])
+            .args(["-c", "max_connections=200"]);
+        if self.durable {
+            command.args(["-c", "fsync=on", "-c", "synchronous_commit=on"]);
+            command.args(["-c", "full_page_writes=on"]);
+        } else {
             // Throwaway data: durability off, speed on.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]);
+            command.args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
+            command.args(["-c", "full_page_writes=off"]);
+        }
         let child = spawn_daemon(command, &log)?;
         self.child = Some(child);
         self.wait_until_accepting(&log).await

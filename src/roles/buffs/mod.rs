@@ -3,10 +3,13 @@
 //! viewers' page (`/buffs/`) and the staff dashboard (`/admin/buffs/`).
 
 mod auth;
+mod invalidation;
+mod lists;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prometheus::IntCounter;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -27,14 +30,16 @@ use crate::streams::buffs::{self as store, Buff, BuffStore};
 use crate::streams::outbox::{Outbox, RelayMetrics};
 
 use auth::AdminTokens;
+pub use invalidation::subscriptions;
+use lists::{Freshness, ListCache, Usage, VERSION_KEY};
 
 const ROLE: &str = "buffs";
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
-/// Bumped on every create: list cache keys include it, so one write invalidates
-/// every cached page on every instance at once.
-const VERSION_KEY: &str = "hubbub:buffs:version";
 const VERSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a create waits for its buff to come back on the bus (then every
+/// instance has been told) before answering anyway.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,8 +64,10 @@ struct BuffMetrics {
 pub struct Buffs {
     store: BuffStore,
     tokens: AdminTokens,
+    /// Redis, where configured: the version key keeps instances without a shared bus
+    /// (and older releases) in step.
     cache: Cache,
-    cache_ttl: Duration,
+    lists: Arc<ListCache>,
     outbox: Arc<Outbox<Buff>>,
     body_limit: u64,
     metrics: BuffMetrics,
@@ -79,6 +86,26 @@ impl Buffs {
         if tokens.is_empty() {
             tracing::warn!("no buffs.admin_token_file configured: creating buffs is refused");
         }
+        let freshness = if !bus.is_shared() && cache.is_shared() {
+            Freshness::RedisVersion(cache.clone())
+        } else {
+            Freshness::Bus(bus.clone())
+        };
+        let lists = ListCache::new(
+            freshness,
+            Duration::from_secs(settings.buffs.cache_ttl_secs),
+            Usage {
+                entries: metrics.gauge(
+                    "hubbub_buffs_cache_entries",
+                    "Buff list pages held in the process's cache",
+                )?,
+                bytes: metrics.gauge(
+                    "hubbub_buffs_cache_bytes",
+                    "Bytes the process's buff list cache holds (bodies and overhead)",
+                )?,
+            },
+        );
+        invalidation::follow(&bus, lists.clone(), shutdown.clone());
         let outbox = Outbox::start(
             db.clone(),
             &store::OUTBOX,
@@ -100,7 +127,7 @@ impl Buffs {
             store: BuffStore::new(db),
             tokens,
             cache,
-            cache_ttl: Duration::from_secs(settings.buffs.cache_ttl_secs),
+            lists,
             outbox,
             body_limit: settings.http.body_limit,
             metrics: BuffMetrics {
@@ -217,18 +244,20 @@ impl Buffs {
                 page::response(DASHBOARD_PAGE.as_str(), "no-cache"),
             )
         });
-        viewer
-            .or(dashboard)
+        // Reads first: they are nearly every request. The viewers' page comes
+        // before the old `/buffs` list, which it shares a path with.
+        list(warp::path!("api" / "buffs").boxed(), "/api/buffs")
+            .or(get)
             .unify()
             .or(create(warp::path!("api" / "buffs").boxed(), "/api/buffs"))
             .unify()
-            .or(create(warp::path!("buff").boxed(), "/buff"))
+            .or(viewer)
             .unify()
-            .or(list(warp::path!("api" / "buffs").boxed(), "/api/buffs"))
+            .or(dashboard)
             .unify()
             .or(list(warp::path!("buffs").boxed(), "/buffs"))
             .unify()
-            .or(get)
+            .or(create(warp::path!("buff").boxed(), "/buff"))
             .unify()
             .boxed()
     }
@@ -267,12 +296,27 @@ impl Buffs {
             .await
             .map_err(|e| to_api_error(e, "creating a buff").into_response())?;
         self.metrics.created.inc();
-        // Before answering: every instance's next list read misses the cache.
-        let version = uuid::Uuid::new_v4().to_string();
-        if let Err(error) = self.cache.set(VERSION_KEY, &version, VERSION_TTL).await {
-            tracing::warn!(%error, "could not invalidate the cached buff lists");
+        // Before answering, every instance must stop serving lists without it: this
+        // one at once, the others when the buff reaches them on the bus (waited for
+        // here, bounded) or, without a shared bus, through the Redis version key.
+        self.lists.invalidate();
+        if self.cache.is_shared() {
+            let version = uuid::Uuid::new_v4().to_string();
+            if let Err(error) = self.cache.set(VERSION_KEY, &version, VERSION_TTL).await {
+                tracing::warn!(%error, "could not invalidate the cached buff lists");
+            }
         }
         self.outbox.wake();
+        if !self
+            .lists
+            .wait_until_announced(buff.id, ANNOUNCE_TIMEOUT)
+            .await
+        {
+            tracing::warn!(
+                id = buff.id,
+                "a new buff did not come back on the bus in time; other instances may list it late"
+            );
+        }
         Ok(warp::reply::with_status(warp::reply::json(&buff), StatusCode::CREATED).into_response())
     }
 
@@ -293,36 +337,28 @@ impl Buffs {
                     ApiError::invalid_field("limit", "must be a number from 1 to 100")
                 })?,
         };
-        let key = match self.cache.get(VERSION_KEY).await {
-            Ok(version) => Some(format!(
-                "hubbub:buffs:list:{}:{}:{limit}",
-                version.as_deref().unwrap_or("0"),
-                before.unwrap_or(0)
-            )),
-            Err(error) => {
-                tracing::debug!(%error, "buff cache unavailable; reading the database");
-                None
-            }
+        let load = async {
+            let buffs = self
+                .store
+                .list(before, limit)
+                .await
+                .map_err(|e| to_api_error(e, "listing buffs"))?;
+            serde_json::to_vec(&buffs)
+                .map(Bytes::from)
+                .map_err(|_| ApiError::internal())
         };
-        if let Some(key) = &key
-            && let Ok(Some(json)) = self.cache.get(key).await
-        {
+        // Only the newest page is cached: pages before an id come from the database.
+        if before.is_some() {
+            self.metrics.cache_misses.inc();
+            return load.await.map(json_response);
+        }
+        let (body, hit) = self.lists.newest(limit, load).await?;
+        if hit {
             self.metrics.cache_hits.inc();
-            return Ok(json_response(json));
+        } else {
+            self.metrics.cache_misses.inc();
         }
-        self.metrics.cache_misses.inc();
-        let buffs = self
-            .store
-            .list(before, limit)
-            .await
-            .map_err(|e| to_api_error(e, "listing buffs"))?;
-        let json = serde_json::to_string(&buffs).map_err(|_| ApiError::internal())?;
-        if let Some(key) = &key
-            && let Err(error) = self.cache.set(key, &json, self.cache_ttl).await
-        {
-            tracing::debug!(%error, "could not fill the buff cache");
-        }
-        Ok(json_response(json))
+        Ok(json_response(body))
     }
 
     async fn get(&self, id: &str) -> Result<Response, ApiError> {
@@ -376,8 +412,13 @@ fn parse_id(text: &str, field: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::invalid_field(field, "must be a positive buff id"))
 }
 
-fn json_response(json: String) -> Response {
-    warp::reply::with_header(json, header::CONTENT_TYPE, "application/json").into_response()
+fn json_response(body: Bytes) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ impl Chat {
             limiter: RateLimiter::new(
                 settings.chat.rate_per_minute,
                 settings.chat.rate_burst,
+                settings.chat.rate_limit_ipv6_prefix,
                 cache,
             ),
             outbox,

@@ -1,9 +1,12 @@
 //! Per-client posting limits: a token bucket shared by every instance in Redis when
-//! Redis is configured, else (or while Redis is down) one per instance.
+//! Redis is configured, else (or while Redis is down) one per instance. A client is
+//! its IPv4 address or its IPv6 network (`chat.rate_limit_ipv6_prefix`, a /64 by
+//! default: one subscriber holds a whole /64, so per address it would hold 2^64
+//! buckets).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_redis::redis::Script;
@@ -11,6 +14,13 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::cache::Cache;
+use crate::domain::{client_network, network_key};
+
+/// How often the local limiter forgets clients whose bucket has refilled (a
+/// forgotten client starts with a full bucket, exactly as if remembered).
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// Clients the local limiter holds before it prunes at once instead of waiting.
+const PRUNE_ABOVE: usize = 100_000;
 
 /// Redis token bucket. Time comes from Redis itself so instances with skewed
 /// clocks agree. Returns 0 when allowed, else milliseconds until a token is due.
@@ -40,29 +50,34 @@ pub struct RateLimiter {
     shared: Option<(Cache, Arc<Script>)>,
     per_minute: u32,
     burst: u32,
+    ipv6_prefix: u8,
 }
 
 /// `Err(seconds)` says when to retry.
 pub type Verdict = Result<(), u64>;
 
 impl RateLimiter {
-    pub fn new(per_minute: u32, burst: u32, cache: &Cache) -> Self {
+    /// Starts pruning the local limiter in the background (ends when it is dropped).
+    pub fn new(per_minute: u32, burst: u32, ipv6_prefix: u8, cache: &Cache) -> Self {
         let per_minute_nz = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_minute(per_minute_nz).allow_burst(burst_nz);
+        let local = Arc::new(governor::RateLimiter::keyed(quota));
+        tokio::spawn(prune_periodically(Arc::downgrade(&local)));
         Self {
-            local: Arc::new(governor::RateLimiter::keyed(quota)),
+            local,
             shared: cache
                 .is_shared()
                 .then(|| (cache.clone(), Arc::new(Script::new(TOKEN_BUCKET)))),
             per_minute: per_minute.max(1),
             burst: burst.max(1),
+            ipv6_prefix,
         }
     }
 
     pub async fn check(&self, client: IpAddr) -> Verdict {
         if let Some((Cache::Redis(redis), script)) = &self.shared {
-            let key = format!("hubbub:chat:rate:{client}");
+            let key = format!("hubbub:chat:rate:{}", network_key(client, self.ipv6_prefix));
             let rate = f64::from(self.per_minute) / 60_000.0;
             let call = async {
                 let mut connection = redis.pool().get().await.map_err(|e| e.to_string())?;
@@ -83,10 +98,32 @@ impl RateLimiter {
                 Err(_) => tracing::debug!("shared rate limit timed out; limiting locally"),
             }
         }
-        self.local.check_key(&client).map_err(|not_until| {
+        let network = client_network(client, self.ipv6_prefix);
+        let verdict = self.local.check_key(&network).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-        })
+        });
+        if self.local.len() > PRUNE_ABOVE {
+            self.local.retain_recent();
+        }
+        verdict
+    }
+
+    /// Clients the local limiter holds a bucket for.
+    #[cfg(test)]
+    fn local_clients(&self) -> usize {
+        self.local.len()
+    }
+}
+
+async fn prune_periodically(local: Weak<DefaultKeyedRateLimiter<IpAddr>>) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(local) = local.upgrade() else { break };
+        local.retain_recent();
+        local.shrink_to_fit();
     }
 }
 
@@ -97,7 +134,7 @@ mod tests {
 
     #[tokio::test]
     async fn burst_then_refused_with_a_retry_time() {
-        let limiter = RateLimiter::new(60, 3, &Cache::Memory(MemoryCache::default()));
+        let limiter = RateLimiter::new(60, 3, 64, &Cache::Memory(MemoryCache::default()));
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let b: IpAddr = "192.0.2.2".parse().expect("ip");
         for _ in 0..3 {
@@ -106,5 +143,41 @@ mod tests {
         let refused = limiter.check(a).await.expect_err("over the burst");
         assert!((1..=2).contains(&refused), "{refused}");
         assert_eq!(limiter.check(b).await, Ok(()), "clients are limited apart");
+    }
+
+    #[tokio::test]
+    async fn one_ipv6_network_is_one_client_and_idle_buckets_are_pruned() {
+        // One token a minute: the loop below cannot earn a second one.
+        let limiter = RateLimiter::new(1, 5, 64, &Cache::Memory(MemoryCache::default()));
+        let mut allowed = 0;
+        for host in 0..10_000u32 {
+            let ip: IpAddr = format!("2001:db8:7:9:{:x}:{:x}::1", host >> 16, host & 0xffff)
+                .parse()
+                .expect("ip");
+            if limiter.check(ip).await.is_ok() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 5, "10,000 addresses of one /64 share one burst");
+        assert_eq!(limiter.local_clients(), 1);
+        let other: IpAddr = "2001:db8:7:a::1".parse().expect("ip");
+        assert_eq!(
+            limiter.check(other).await,
+            Ok(()),
+            "the next /64 is another client"
+        );
+
+        // A bucket that has refilled holds nothing worth keeping.
+        let fast = RateLimiter::new(60_000, 1, 64, &Cache::Memory(MemoryCache::default()));
+        for i in 0..1_000u32 {
+            let ip: IpAddr = format!("198.51.{}.{}", i / 256, i % 256)
+                .parse()
+                .expect("ip");
+            let _ = fast.check(ip).await;
+        }
+        assert_eq!(fast.local_clients(), 1_000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fast.local.retain_recent();
+        assert_eq!(fast.local_clients(), 0);
     }
 }

@@ -1,5 +1,6 @@
 //! Role `visitors`: the visitor page, `/version` and `/api/stats`.
 
+mod batch;
 mod page;
 mod salt;
 pub mod store;
@@ -7,37 +8,40 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use prometheus::IntCounter;
+use warp::http::header;
 use warp::reply::{Reply, Response};
 use warp::{Filter, filters::BoxedFilter};
 
 use crate::build_info::BUILD_INFO;
-use crate::cache::Cache;
+use crate::cache::BodyCache;
 use crate::configuration::{Environment, Settings};
-use crate::domain::{VisitorId, VisitorKey};
+use crate::domain::{VisitorId, VisitorKey, client_network};
 use crate::http::{ApiError, RequestMeta, request_meta, tagged};
 use crate::metrics::Metrics;
 use crate::storage::{Database, to_api_error};
 
+use batch::{BatchSettings, VisitBatcher};
 pub use salt::SaltError;
-use store::{Totals, VisitStore};
+use store::VisitStore;
 
 const ROLE: &str = "visitors";
-const STATS_CACHE_KEY: &str = "hubbub:visitors:stats";
 
 struct VisitorMetrics {
     visits: IntCounter,
     new_visitors: IntCounter,
     cache_hits: IntCounter,
     cache_misses: IntCounter,
-    cache_errors: IntCounter,
 }
 
 pub struct Visitors {
     store: VisitStore,
+    batcher: VisitBatcher,
     key: VisitorKey,
-    cache: Cache,
-    stats_ttl: Duration,
+    ipv6_prefix: u8,
+    /// The `/api/stats` body, ready to send; `None` when `stats_cache_ms` is 0.
+    stats_cache: Option<BodyCache<()>>,
     owner_name: String,
     owner_url: Option<String>,
     metrics: VisitorMetrics,
@@ -56,15 +60,38 @@ impl Visitors {
         settings: &Settings,
         env: &Environment,
         db: Database,
-        cache: Cache,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, VisitorsError> {
         let key = salt::load_or_create(settings, env).await?;
+        let store = VisitStore::new(db);
+        let visitors = &settings.visitors;
+        let batcher = VisitBatcher::start(
+            store.clone(),
+            BatchSettings {
+                max_size: visitors.batch_max_size,
+                max_wait: Duration::from_micros(visitors.batch_max_wait_us),
+                max_in_flight: visitors.batch_max_in_flight,
+                queue_timeout: Duration::from_millis(settings.database.acquire_timeout_ms),
+            },
+            metrics.counter(
+                "hubbub_visit_batches_total",
+                "Statements that recorded visits (each one commit for a batch of visits)",
+            )?,
+        );
+        let stats_cache = (visitors.stats_cache_ms > 0).then(|| {
+            BodyCache::new(
+                "visitor-stats",
+                1,
+                4096,
+                Duration::from_millis(visitors.stats_cache_ms),
+            )
+        });
         Ok(Arc::new(Self {
-            store: VisitStore::new(db),
+            store,
+            batcher,
             key,
-            cache,
-            stats_ttl: Duration::from_millis(settings.visitors.stats_cache_ms),
+            ipv6_prefix: visitors.ipv6_prefix,
+            stats_cache,
             owner_name: settings.visitors.owner_name.clone(),
             owner_url: settings.visitors.owner_url.clone(),
             metrics: VisitorMetrics {
@@ -80,10 +107,6 @@ impl Visitors {
                 cache_misses: metrics.counter(
                     "hubbub_stats_cache_misses_total",
                     "Visitor stats read from the database",
-                )?,
-                cache_errors: metrics.counter(
-                    "hubbub_stats_cache_errors_total",
-                    "Visitor stats cache calls that failed (Redis down or slow)",
                 )?,
             },
         }))
@@ -109,7 +132,7 @@ impl Visitors {
             .and(with_role)
             .then(|role: Arc<Self>| async move {
                 let reply = match role.stats().await {
-                    Ok(totals) => warp::reply::json(&totals).into_response(),
+                    Ok(body) => json_response(body),
                     Err(error) => error.into_response(),
                 };
                 tagged(ROLE, "/api/stats", reply)
@@ -123,8 +146,9 @@ impl Visitors {
             return warp::reply::with_header(warp::reply::html(""), "cache-control", "no-store")
                 .into_response();
         }
-        let visitor = VisitorId::derive(&self.key, meta.client_ip);
-        match self.store.record(&visitor).await {
+        let client = client_network(meta.client_ip, self.ipv6_prefix);
+        let visitor = VisitorId::derive(&self.key, client);
+        match self.batcher.record(visitor).await {
             Ok(visit) => {
                 self.metrics.visits.inc();
                 if visit.is_first() {
@@ -138,37 +162,43 @@ impl Visitors {
                 warp::reply::with_header(warp::reply::html(html), "cache-control", "no-store")
                     .into_response()
             }
-            Err(error) => to_api_error(error, "recording a visit").into_html_response(),
+            Err(error) => error.into_html_response(),
         }
     }
 
-    /// Totals from the cache when fresh, else from the database (refilling the cache).
-    async fn stats(&self) -> Result<Totals, ApiError> {
-        match self.cache.get(STATS_CACHE_KEY).await {
-            Ok(Some(cached)) => {
-                if let Ok(totals) = serde_json::from_str::<Totals>(&cached) {
-                    self.metrics.cache_hits.inc();
-                    return Ok(totals);
-                }
-            }
-            Ok(None) => {}
-            Err(error) => {
-                self.metrics.cache_errors.inc();
-                tracing::debug!(%error, "stats cache unavailable; reading the database");
-            }
+    /// The totals' JSON: from the in-process cache while fresh, else from the
+    /// database (one read for all the requests that missed at once).
+    async fn stats(&self) -> Result<Bytes, ApiError> {
+        let load = async {
+            self.metrics.cache_misses.inc();
+            let totals = self
+                .store
+                .totals()
+                .await
+                .map_err(|e| to_api_error(e, "reading visit totals"))?;
+            serde_json::to_vec(&totals)
+                .map(Bytes::from)
+                .map_err(|_| ApiError::internal())
+        };
+        let Some(cache) = &self.stats_cache else {
+            return load.await;
+        };
+        if let Some(body) = cache.get(&()).await {
+            self.metrics.cache_hits.inc();
+            return Ok(body);
         }
-        self.metrics.cache_misses.inc();
-        let totals = self
-            .store
-            .totals()
+        cache
+            .get_or_load((), load)
             .await
-            .map_err(|e| to_api_error(e, "reading visit totals"))?;
-        if let Ok(json) = serde_json::to_string(&totals)
-            && let Err(error) = self.cache.set(STATS_CACHE_KEY, &json, self.stats_ttl).await
-        {
-            self.metrics.cache_errors.inc();
-            tracing::debug!(%error, "could not refill the stats cache");
-        }
-        Ok(totals)
+            .map_err(|error| (*error).clone())
     }
+}
+
+fn json_response(body: Bytes) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }

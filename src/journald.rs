@@ -1,0 +1,228 @@
+//! Events to journald in its native protocol, off the request path: the event is
+//! encoded where it happens (a few hundred bytes), and a logging thread
+//! (tracing-appender's non-blocking writer) sends one datagram per event to the
+//! journal socket. Fields are what `tracing-journald` wrote before: `PRIORITY`,
+//! `TARGET`, `CODE_FILE`, `CODE_LINE`, `SYSLOG_IDENTIFIER`, `MESSAGE` and each event
+//! field as `F_<NAME>`.
+
+use std::fmt::{self, Write as _};
+use std::io::{self, Write};
+use std::os::unix::net::UnixDatagram;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer};
+
+const SOCKET: &str = "/run/systemd/journal/socket";
+
+/// The journal socket as a writer: each `write` is one entry (one datagram).
+pub struct JournalSocket(UnixDatagram);
+
+impl JournalSocket {
+    /// Fails when no journald listens (say, in a container without one).
+    pub fn connect() -> io::Result<Self> {
+        let socket = UnixDatagram::unbound()?;
+        socket.connect(SOCKET)?;
+        // journald discards an empty datagram: this only proves someone listens.
+        socket.send(&[])?;
+        Ok(Self(socket))
+    }
+}
+
+impl Write for JournalSocket {
+    fn write(&mut self, entry: &[u8]) -> io::Result<usize> {
+        self.0.send(entry)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes every event as one journal entry for `writer`.
+pub struct JournaldLayer<W> {
+    writer: W,
+    identifier: String,
+}
+
+impl<W> JournaldLayer<W> {
+    pub fn new(writer: W, identifier: &str) -> Self {
+        Self {
+            writer,
+            identifier: identifier.to_owned(),
+        }
+    }
+}
+
+impl<S, W> Layer<S> for JournaldLayer<W>
+where
+    S: Subscriber,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let metadata = event.metadata();
+        let mut entry = Vec::with_capacity(512);
+        let priority: &[u8] = match *metadata.level() {
+            Level::ERROR => b"3",
+            Level::WARN => b"4",
+            Level::INFO => b"5",
+            Level::DEBUG => b"6",
+            Level::TRACE => b"7",
+        };
+        put(&mut entry, "PRIORITY", priority);
+        put(&mut entry, "TARGET", metadata.target().as_bytes());
+        if let Some(file) = metadata.file() {
+            put(&mut entry, "CODE_FILE", file.as_bytes());
+        }
+        if let Some(line) = metadata.line() {
+            put(&mut entry, "CODE_LINE", line.to_string().as_bytes());
+        }
+        put(&mut entry, "SYSLOG_IDENTIFIER", self.identifier.as_bytes());
+        event.record(&mut Fields {
+            entry: &mut entry,
+            text: String::new(),
+        });
+        // Nothing sensible is left to do with a failure to log.
+        let _ = self.writer.make_writer().write_all(&entry);
+    }
+}
+
+struct Fields<'a> {
+    entry: &'a mut Vec<u8>,
+    text: String,
+}
+
+impl Fields<'_> {
+    fn put_field(&mut self, field: &Field, value: &[u8]) {
+        if field.name() == "message" {
+            put(self.entry, "MESSAGE", value);
+        } else {
+            let mut name = String::from("F_");
+            name.extend(
+                field
+                    .name()
+                    .chars()
+                    .map(|c| if c == '.' { '_' } else { c })
+                    .skip_while(|c| *c == '_')
+                    .filter(|c| *c == '_' || c.is_ascii_alphanumeric())
+                    .map(|c| c.to_ascii_uppercase()),
+            );
+            put(self.entry, &name, value);
+        }
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put_field(field, value.as_bytes());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.text.clear();
+        let _ = write!(self.text, "{value:?}");
+        let text = std::mem::take(&mut self.text);
+        self.put_field(field, text.as_bytes());
+        self.text = text;
+    }
+}
+
+/// `NAME`, newline, the value's length (64-bit little endian), the value, newline:
+/// the protocol's form that allows any bytes, newlines included, in a value.
+fn put(entry: &mut Vec<u8>, name: &str, value: &[u8]) {
+    entry.extend_from_slice(name.as_bytes());
+    entry.push(b'\n');
+    entry.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    entry.extend_from_slice(value);
+    entry.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Collects each entry written.
+    #[derive(Clone, Default)]
+    struct Entries(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Entries {
+        fn write(&mut self, entry: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("lock").push(entry.to_vec());
+            Ok(entry.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Entries {
+        type Writer = Self;
+
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    /// Reads `NAME\n<len><value>\n` fields back.
+    fn fields(mut entry: &[u8]) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        while let Some(newline) = entry.iter().position(|b| *b == b'\n') {
+            let name = String::from_utf8_lossy(&entry[..newline]).into_owned();
+            let length = u64::from_le_bytes(entry[newline + 1..newline + 9].try_into().expect("8"));
+            let start = newline + 9;
+            let end = start + usize::try_from(length).expect("length");
+            fields.push((
+                name,
+                String::from_utf8_lossy(&entry[start..end]).into_owned(),
+            ));
+            assert_eq!(entry[end], b'\n');
+            entry = &entry[end + 1..];
+        }
+        assert!(entry.is_empty());
+        fields
+    }
+
+    #[test]
+    fn one_entry_per_event_with_the_journal_fields() {
+        let entries = Entries::default();
+        let subscriber =
+            tracing_subscriber::registry().with(JournaldLayer::new(entries.clone(), "hubbub"));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                target: "hubbub::access",
+                request_id = "r-1",
+                route = "/api/chat/{channel}/messages",
+                status = 201u16,
+                latency_ms = 1.5,
+                "request"
+            );
+            tracing::warn!(error = "two\nlines", "something failed");
+        });
+        let entries = entries.0.lock().expect("lock");
+        assert_eq!(entries.len(), 2);
+        let access = fields(&entries[0]);
+        let get = |fields: &[(String, String)], name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
+        };
+        assert_eq!(get(&access, "PRIORITY"), "5");
+        assert_eq!(get(&access, "TARGET"), "hubbub::access");
+        assert_eq!(get(&access, "SYSLOG_IDENTIFIER"), "hubbub");
+        assert_eq!(get(&access, "MESSAGE"), "request");
+        assert_eq!(get(&access, "F_REQUEST_ID"), "r-1");
+        assert_eq!(get(&access, "F_ROUTE"), "/api/chat/{channel}/messages");
+        assert_eq!(get(&access, "F_STATUS"), "201");
+        assert_eq!(get(&access, "F_LATENCY_MS"), "1.5");
+        let warning = fields(&entries[1]);
+        assert_eq!(get(&warning, "PRIORITY"), "4");
+        assert_eq!(get(&warning, "F_ERROR"), "two\nlines");
+    }
+}
