@@ -371,6 +371,119 @@ async fn concurrent_buff_creators_never_make_a_viewer_miss_a_buff() {
     );
 }
 
+/// The previous release's buffs role runs beside this one during a rolling
+/// deployment (and again after a rollback of the code: migrations stay). It inserts
+/// a buff in its own transaction without a `seq`, as below. Its buffs must take
+/// their place in the stream like any other (migration 000006): before, the first
+/// got `seq = 0` and the second failed on the unique index `buffs_seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buffs_inserted_by_the_previous_release_keep_the_stream_whole() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("database");
+    let broker = Mosquitto::builder()
+        .users(broker_users(&["topic read hubbub/#"]))
+        .start()
+        .await
+        .expect("mosquitto");
+    let buffs = spawn_roles(&config(&db_url, &broker, "buffs"), &[Role::Buffs])
+        .await
+        .expect("buffs");
+    let broadcast = spawn_roles(&config(&db_url, &broker, "broadcast"), &[Role::Broadcast])
+        .await
+        .expect("broadcast");
+    wait_until("broadcast ready", Duration::from_secs(20), async || {
+        ready(&broadcast).await
+    })
+    .await;
+    let viewer = Viewer::start(broadcast.url("/api/buffs/events")).await;
+    let old_release = sea_orm::Database::connect(db_url.as_str())
+        .await
+        .expect("connect");
+
+    let created: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let mut creators = tokio::task::JoinSet::new();
+    for creator in 0..4 {
+        // This release, through the API.
+        let (client, url, made) = (
+            buffs.client.clone(),
+            buffs.url("/api/buffs"),
+            created.clone(),
+        );
+        creators.spawn(async move {
+            for n in 0..10 {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"question": format!("new c{creator} q{n}?"), "answers": ["yes", "no"]}))
+                    .send()
+                    .await
+                    .expect("create");
+                assert_eq!(response.status(), 201, "{:?}", response.text().await);
+                let buff: Value = response.json().await.expect("json");
+                made.lock().await.push(buff["id"].as_i64().expect("id"));
+            }
+        });
+        // The previous release: its statements, word for word.
+        let (db, created) = (old_release.clone(), created.clone());
+        creators.spawn(async move {
+            for n in 0..10 {
+                let txn = db.begin().await.expect("begin");
+                let row = txn
+                    .query_one_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "INSERT INTO buffs (question, created_at) VALUES ($1, $2) RETURNING id",
+                        [format!("old c{creator} q{n}?").into(), chrono::Utc::now().into()],
+                    ))
+                    .await
+                    .expect("the previous release's INSERT")
+                    .expect("a row");
+                let id: i64 = row.try_get("", "id").expect("id");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "INSERT INTO buff_answers (buff_id, position, answer) VALUES ($1, $2, $3), ($4, $5, $6)",
+                    [
+                        id.into(),
+                        0i16.into(),
+                        "yes".into(),
+                        id.into(),
+                        1i16.into(),
+                        "no".into(),
+                    ],
+                ))
+                .await
+                .expect("answers");
+                txn.commit().await.expect("commit");
+                created.lock().await.push(id);
+            }
+        });
+    }
+    while let Some(done) = creators.join_next().await {
+        done.expect("creator");
+    }
+    let created = created.lock().await.clone();
+    assert_eq!(created.len(), 80);
+    // The stream is whole: seq 1, 2, 3, … in id order.
+    let out_of_place = pg
+        .psql(
+            db_url.rsplit('/').next().expect("database name"),
+            "SELECT count(*) FROM (SELECT seq, row_number() OVER (ORDER BY id) AS n FROM buffs) s \
+             WHERE seq <> n",
+        )
+        .await
+        .expect("psql");
+    assert_eq!(
+        out_of_place.trim(),
+        "0",
+        "buffs whose seq is not their place"
+    );
+    viewer
+        .assert_saw_exactly(&created, Duration::from_secs(30))
+        .await;
+}
+
 /// The dynamic-security plugin: `MOSQUITTO_DYNSEC_PLUGIN` (the flake's check sets
 /// it: nixpkgs puts it in mosquitto's `lib` output), else beside the broker (Debian:
 /// /usr/lib/<triplet>/).
