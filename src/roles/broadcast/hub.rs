@@ -196,6 +196,15 @@ impl Hub {
         }
     }
 
+    /// An event of `key` came without its `seq` (a process of the previous release
+    /// published it): the stream reads what is new from the database.
+    pub fn resync(&self, key: &StreamKey) {
+        if let Some(entry) = self.entries().get(key) {
+            entry.resync.store(true, Ordering::Release);
+            let _ = entry.inbox.try_send(Input::Resync);
+        }
+    }
+
     #[cfg(test)]
     pub fn active_streams(&self) -> usize {
         self.entries().len()
@@ -562,5 +571,35 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// During a rolling deployment the previous release's relay publishes events
+    /// without a `seq`: they must still reach the clients (read back from the
+    /// database), not be dropped as malformed until the next event of this release.
+    #[tokio::test]
+    async fn an_event_of_the_previous_release_reaches_the_clients() {
+        let f = fixture().await;
+        let (bus, bus_rx) = broadcast::channel(16);
+        let (_resubscribed, resubscribed_rx) = broadcast::channel(1);
+        let stop = CancellationToken::new();
+        tokio::spawn(super::super::dispatch(
+            bus_rx,
+            resubscribed_rx,
+            f.hub.clone(),
+            stop.clone(),
+        ));
+        let mut client = f.hub.subscribe(&f.key()).expect("subscribe");
+        client.ready().await;
+        let event = f.post().await;
+        // What the previous release published: the message without its seq.
+        let mut old: serde_json::Value = serde_json::from_slice(&event.json).expect("json");
+        old.as_object_mut().expect("object").remove("seq");
+        bus.send(crate::bus::BusMessage {
+            topic: f.key().topic(),
+            payload: Bytes::from(serde_json::to_vec(&old).expect("json")),
+        })
+        .expect("dispatcher listens");
+        assert_eq!(next_id(&mut client).await, event.id);
+        stop.cancel();
     }
 }

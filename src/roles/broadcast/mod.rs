@@ -22,7 +22,7 @@ use crate::domain::Channel;
 use crate::http::{ApiError, tagged};
 use crate::metrics::Metrics;
 use crate::storage::Database;
-use crate::streams::{self, StreamEvent, StreamKey, Streams};
+use crate::streams::{self, PayloadError, StreamEvent, StreamKey, Streams};
 
 use feed::{Feed, FeedMetrics};
 use hub::{Hub, HubMetrics, TooManyStreams};
@@ -235,6 +235,7 @@ async fn dispatch(
                 };
                 match StreamEvent::decode(message.payload) {
                     Ok(event) => hub.offer(&key, event),
+                    Err(PayloadError::Unsequenced(_)) => hub.resync(&key),
                     Err(error) => {
                         tracing::warn!(%error, topic = %message.topic, "ignoring a malformed bus message");
                     }
