@@ -603,3 +603,111 @@ async fn a_refused_subscription_keeps_the_broadcast_instance_unready() {
     })
     .await;
 }
+
+/// The embedded database (SQLite) with a real broker: the relay must keep up
+/// with clients posting without publishing anything twice. It used to hold a
+/// read transaction across the PUBACKs, so its UPDATE failed (SQLite cannot
+/// upgrade a read snapshot that another writer has passed: SQLITE_BUSY) whenever a
+/// post committed meanwhile, and the whole round went out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sqlite_relay_publishes_each_message_once_while_clients_post() {
+    let broker = Mosquitto::start().await.expect("mosquitto");
+    // Everything the relay puts on the bus, one line per publish.
+    let mut bus_log = tokio::process::Command::new(
+        support::process::find_binary("mosquitto_sub", &[]).expect("mosquitto_sub"),
+    )
+    .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+    .args(["-t", "hubbub/chat/#", "-q", "1", "-F", "%p"])
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("mosquitto_sub");
+    let lines = {
+        use tokio::io::AsyncBufReadExt;
+        let stdout = bus_log.stdout.take().expect("stdout");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().await.push(line);
+            }
+        });
+        lines
+    };
+    let app = spawn_roles(
+        &format!(
+            "[mqtt]\nurl = \"{}\"\n\n[chat]\nrate_per_minute = 1000000\nrate_burst = 1000000\n",
+            broker.url()
+        ),
+        &[Role::Chat],
+    )
+    .await
+    .expect("chat on SQLite");
+    wait_until("connected", Duration::from_secs(20), async || {
+        ready(&app).await
+    })
+    .await;
+    // Let mosquitto_sub subscribe before anything is published.
+    let probe = post(&app.client, &app.url("/api/chat/sqlite/messages"), "probe")
+        .await
+        .expect("probe accepted");
+    wait_until(
+        "the probe on the bus",
+        Duration::from_secs(20),
+        async || !lines.lock().await.is_empty(),
+    )
+    .await;
+
+    let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::new(Mutex::new(vec![probe]));
+    let mut posters = tokio::task::JoinSet::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    for poster in 0..8 {
+        let (client, url, acknowledged) = (
+            app.client.clone(),
+            app.url("/api/chat/sqlite/messages"),
+            acknowledged.clone(),
+        );
+        posters.spawn(async move {
+            let mut n = 0;
+            while Instant::now() < until {
+                n += 1;
+                if let Some(id) = post(&client, &url, &format!("p{poster} n{n}")).await {
+                    acknowledged.lock().await.push(id);
+                }
+            }
+        });
+    }
+    while posters.join_next().await.is_some() {}
+    let acknowledged = acknowledged.lock().await.clone();
+    wait_until("the outbox drained", Duration::from_secs(30), async || {
+        app.metrics()
+            .await
+            .contains("hubbub_outbox_backlog{outbox=\"chat\"} 0")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut published: Vec<i64> = lines
+        .lock()
+        .await
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("json")["id"]
+                .as_i64()
+                .expect("id")
+        })
+        .collect();
+    let total = published.len();
+    published.sort_unstable();
+    published.dedup();
+    let mut want = acknowledged.clone();
+    want.sort_unstable();
+    assert_eq!(published, want, "every acknowledged message on the bus");
+    assert_eq!(
+        total,
+        want.len(),
+        "{} publishes for {} messages: rounds went out again",
+        total,
+        want.len()
+    );
+}
