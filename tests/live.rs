@@ -711,3 +711,67 @@ async fn the_sqlite_relay_publishes_each_message_once_while_clients_post() {
         want.len()
     );
 }
+
+/// A broker that hangs (here SIGSTOP) while its host still acknowledges TCP: once
+/// our send buffer is full a write never completes. The session must notice within
+/// a keep-alive interval or two (the publishes fail, the outbox keeps the rows),
+/// and use the broker again once it is back. Before, the connection task sat in
+/// that write for good: the keep-alive check never ran again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_is_given_up_and_used_again_once_back() {
+    use hubbub::bus::Bus;
+    use hubbub::configuration::{Environment, Settings};
+
+    let broker = Mosquitto::start().await.expect("mosquitto");
+    let settings = Settings::from_toml(
+        &format!("[mqtt]\nurl = \"{}\"\n", broker.url()),
+        &Environment::default(),
+    )
+    .expect("settings");
+    let metrics = hubbub::metrics::Metrics::new().expect("metrics");
+    let bus = Bus::from_settings(&settings, Vec::new(), &metrics).expect("bus");
+    wait_until("connected", Duration::from_secs(20), async || {
+        bus.can_publish()
+    })
+    .await;
+    bus.publish("hubbub/test", bytes::Bytes::from_static(b"before"))
+        .await
+        .expect("a live broker acknowledges");
+
+    broker.freeze();
+    // 30 MB: more than the kernel buffers both ways hold, so writes block.
+    let payload = bytes::Bytes::from(vec![b'x'; 200 * 1024]);
+    let publishes: Vec<_> = (0..150)
+        .map(|_| {
+            let (bus, payload) = (bus.clone(), payload.clone());
+            tokio::spawn(async move { bus.publish("hubbub/test", payload).await })
+        })
+        .collect();
+    let frozen = Instant::now();
+    wait_until(
+        "the hung broker given up",
+        Duration::from_secs(45),
+        async || !bus.can_publish(),
+    )
+    .await;
+    let noticed = frozen.elapsed();
+    for publish in publishes {
+        assert!(
+            publish.await.expect("task").is_err(),
+            "no publish succeeds against a hung broker"
+        );
+    }
+    broker.thaw();
+    wait_until("reconnected", Duration::from_secs(20), async || {
+        bus.can_publish()
+    })
+    .await;
+    bus.publish("hubbub/test", bytes::Bytes::from_static(b"after"))
+        .await
+        .expect("acknowledged again");
+    // Keep-alive 10 s: a stalled write or a missing PINGRESP, 10 to 20 s.
+    assert!(
+        noticed < Duration::from_secs(30),
+        "noticed after {noticed:?}"
+    );
+}
