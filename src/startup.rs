@@ -62,6 +62,7 @@ pub struct Application {
     shared: Arc<Shared>,
     drain: Duration,
     shutdown: CancellationToken,
+    bus: Option<Bus>,
 }
 
 impl Application {
@@ -187,6 +188,7 @@ impl Application {
             }),
             drain: Duration::from_secs(settings.shutdown_timeout_secs),
             shutdown,
+            bus,
         })
     }
 
@@ -233,6 +235,9 @@ impl Application {
             if let Err(error) = result {
                 tracing::error!(%error, "a listener task failed");
             }
+        }
+        if let Some(bus) = self.bus {
+            bus.close().await;
         }
         tracing::info!("hubbub stopped");
     }

@@ -775,3 +775,47 @@ async fn a_hung_broker_is_given_up_and_used_again_once_back() {
         "noticed after {noticed:?}"
     );
 }
+
+/// `hubbub serve` stopped by SIGTERM says goodbye to the broker (DISCONNECT): the
+/// broker logs a clean disconnect, not a connection that dropped. (Before, the
+/// runtime ended with the connection task, which never got to send it.)
+#[tokio::test]
+async fn a_stopping_process_disconnects_from_the_broker() {
+    let broker = Mosquitto::start().await.expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("hubbub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nurl = \"{}\"\nclient_id = \"live-goodbye\"\n",
+            broker.url()
+        ),
+    )
+    .expect("config");
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("credentials");
+    let mut chat =
+        support::hubbub::HubbubProcess::start(Role::Chat, &config, &credentials, dir.path())
+            .await
+            .expect("hubbub serve chat");
+    wait_until("connected", Duration::from_secs(20), async || {
+        broker.log().contains("live-goodbye")
+    })
+    .await;
+    chat.stop().await.expect("SIGTERM");
+    wait_until(
+        "the broker saw the client go",
+        Duration::from_secs(10),
+        async || {
+            let log = broker.log();
+            log.contains("Client live-goodbye disconnected")
+                || log.contains("Client live-goodbye closed its connection")
+        },
+    )
+    .await;
+    let log = broker.log();
+    assert!(
+        log.contains("Client live-goodbye disconnected"),
+        "no DISCONNECT from the stopping process:\n{log}"
+    );
+}
