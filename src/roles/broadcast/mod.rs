@@ -94,7 +94,11 @@ impl Broadcast {
                 events: metrics.counter("hubbub_sse_events_sent_total", "SSE events sent")?,
                 slow_disconnects: metrics.counter(
                     "hubbub_sse_slow_client_disconnects_total",
-                    "SSE clients cut off for falling behind",
+                    "SSE clients cut off for falling behind before their first event",
+                )?,
+                catchups: metrics.counter(
+                    "hubbub_sse_client_catchups_total",
+                    "SSE clients that fell over 1,024 events behind and read them from the database, staying connected",
                 )?,
             }),
         }))
