@@ -648,18 +648,24 @@ async fn the_sqlite_relay_publishes_each_message_once_while_clients_post() {
         ready(&app).await
     })
     .await;
-    // Let mosquitto_sub subscribe before anything is published.
-    let probe = post(&app.client, &app.url("/api/chat/sqlite/messages"), "probe")
-        .await
-        .expect("probe accepted");
-    wait_until(
-        "the probe on the bus",
-        Duration::from_secs(20),
-        async || !lines.lock().await.is_empty(),
-    )
+    // Probes until mosquitto_sub shows it is subscribed; then, once the outbox is
+    // empty, the count starts from nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines.lock().await.is_empty() {
+        assert!(Instant::now() < deadline, "mosquitto_sub never saw a probe");
+        post(&app.client, &app.url("/api/chat/sqlite/messages"), "probe").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_until("the probes relayed", Duration::from_secs(20), async || {
+        app.metrics()
+            .await
+            .contains("hubbub_outbox_backlog{outbox=\"chat\"} 0")
+    })
     .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lines.lock().await.clear();
 
-    let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::new(Mutex::new(vec![probe]));
+    let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
     let mut posters = tokio::task::JoinSet::new();
     let until = Instant::now() + Duration::from_secs(3);
     for poster in 0..8 {
