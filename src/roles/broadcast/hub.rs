@@ -76,6 +76,15 @@ struct Entry {
     _stop: DropGuard,
 }
 
+impl Entry {
+    /// The task reads the stream from the database before its next event (the
+    /// flag holds when the inbox is full).
+    fn resync(&self) {
+        self.resync.store(true, Ordering::Release);
+        let _ = self.inbox.try_send(Input::Resync);
+    }
+}
+
 struct Inner {
     entries: Mutex<HashMap<StreamKey, Entry>>,
     generations: AtomicU64,
@@ -190,18 +199,14 @@ impl Hub {
     /// Events may have been missed (resubscribed, or the dispatcher fell behind the
     /// bus): every active stream reads what it missed from the database.
     pub fn resync_all(&self) {
-        for entry in self.entries().values() {
-            entry.resync.store(true, Ordering::Release);
-            let _ = entry.inbox.try_send(Input::Resync);
-        }
+        self.entries().values().for_each(Entry::resync);
     }
 
     /// An event of `key` came without its `seq` (a process of the previous release
     /// published it): the stream reads what is new from the database.
     pub fn resync(&self, key: &StreamKey) {
         if let Some(entry) = self.entries().get(key) {
-            entry.resync.store(true, Ordering::Release);
-            let _ = entry.inbox.try_send(Input::Resync);
+            entry.resync();
         }
     }
 
