@@ -62,6 +62,7 @@ pub struct Application {
     shared: Arc<Shared>,
     drain: Duration,
     shutdown: CancellationToken,
+    bus: Option<Bus>,
 }
 
 impl Application {
@@ -191,6 +192,7 @@ impl Application {
             }),
             drain: Duration::from_secs(settings.shutdown_timeout_secs),
             shutdown,
+            bus,
         })
     }
 
@@ -237,6 +239,9 @@ impl Application {
             if let Err(error) = result {
                 tracing::error!(%error, "a listener task failed");
             }
+        }
+        if let Some(bus) = self.bus {
+            bus.close().await;
         }
         tracing::info!("hubbub stopped");
     }

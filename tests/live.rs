@@ -371,6 +371,119 @@ async fn concurrent_buff_creators_never_make_a_viewer_miss_a_buff() {
     );
 }
 
+/// The previous release's buffs role runs beside this one during a rolling
+/// deployment (and again after a rollback of the code: migrations stay). It inserts
+/// a buff in its own transaction without a `seq`, as below. Its buffs must take
+/// their place in the stream like any other (migration 000006): before, the first
+/// got `seq = 0` and the second failed on the unique index `buffs_seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buffs_inserted_by_the_previous_release_keep_the_stream_whole() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("database");
+    let broker = Mosquitto::builder()
+        .users(broker_users(&["topic read hubbub/#"]))
+        .start()
+        .await
+        .expect("mosquitto");
+    let buffs = spawn_roles(&config(&db_url, &broker, "buffs"), &[Role::Buffs])
+        .await
+        .expect("buffs");
+    let broadcast = spawn_roles(&config(&db_url, &broker, "broadcast"), &[Role::Broadcast])
+        .await
+        .expect("broadcast");
+    wait_until("broadcast ready", Duration::from_secs(20), async || {
+        ready(&broadcast).await
+    })
+    .await;
+    let viewer = Viewer::start(broadcast.url("/api/buffs/events")).await;
+    let old_release = sea_orm::Database::connect(db_url.as_str())
+        .await
+        .expect("connect");
+
+    let created: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let mut creators = tokio::task::JoinSet::new();
+    for creator in 0..4 {
+        // This release, through the API.
+        let (client, url, made) = (
+            buffs.client.clone(),
+            buffs.url("/api/buffs"),
+            created.clone(),
+        );
+        creators.spawn(async move {
+            for n in 0..10 {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"question": format!("new c{creator} q{n}?"), "answers": ["yes", "no"]}))
+                    .send()
+                    .await
+                    .expect("create");
+                assert_eq!(response.status(), 201, "{:?}", response.text().await);
+                let buff: Value = response.json().await.expect("json");
+                made.lock().await.push(buff["id"].as_i64().expect("id"));
+            }
+        });
+        // The previous release: its statements, word for word.
+        let (db, created) = (old_release.clone(), created.clone());
+        creators.spawn(async move {
+            for n in 0..10 {
+                let txn = db.begin().await.expect("begin");
+                let row = txn
+                    .query_one_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "INSERT INTO buffs (question, created_at) VALUES ($1, $2) RETURNING id",
+                        [format!("old c{creator} q{n}?").into(), chrono::Utc::now().into()],
+                    ))
+                    .await
+                    .expect("the previous release's INSERT")
+                    .expect("a row");
+                let id: i64 = row.try_get("", "id").expect("id");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "INSERT INTO buff_answers (buff_id, position, answer) VALUES ($1, $2, $3), ($4, $5, $6)",
+                    [
+                        id.into(),
+                        0i16.into(),
+                        "yes".into(),
+                        id.into(),
+                        1i16.into(),
+                        "no".into(),
+                    ],
+                ))
+                .await
+                .expect("answers");
+                txn.commit().await.expect("commit");
+                created.lock().await.push(id);
+            }
+        });
+    }
+    while let Some(done) = creators.join_next().await {
+        done.expect("creator");
+    }
+    let created = created.lock().await.clone();
+    assert_eq!(created.len(), 80);
+    // The stream is whole: seq 1, 2, 3, … in id order.
+    let out_of_place = pg
+        .psql(
+            db_url.rsplit('/').next().expect("database name"),
+            "SELECT count(*) FROM (SELECT seq, row_number() OVER (ORDER BY id) AS n FROM buffs) s \
+             WHERE seq <> n",
+        )
+        .await
+        .expect("psql");
+    assert_eq!(
+        out_of_place.trim(),
+        "0",
+        "buffs whose seq is not their place"
+    );
+    viewer
+        .assert_saw_exactly(&created, Duration::from_secs(30))
+        .await;
+}
+
 /// The dynamic-security plugin: `MOSQUITTO_DYNSEC_PLUGIN` (the flake's check sets
 /// it: nixpkgs puts it in mosquitto's `lib` output), else beside the broker (Debian:
 /// /usr/lib/<triplet>/).
@@ -489,4 +602,226 @@ async fn a_refused_subscription_keeps_the_broadcast_instance_unready() {
         ready(&broadcast).await
     })
     .await;
+}
+
+/// The embedded database (SQLite) with a real broker: the relay must keep up
+/// with clients posting without publishing anything twice. It used to hold a
+/// read transaction across the PUBACKs, so its UPDATE failed (SQLite cannot
+/// upgrade a read snapshot that another writer has passed: SQLITE_BUSY) whenever a
+/// post committed meanwhile, and the whole round went out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sqlite_relay_publishes_each_message_once_while_clients_post() {
+    let broker = Mosquitto::start().await.expect("mosquitto");
+    // Everything the relay puts on the bus, one line per publish.
+    let mut bus_log = tokio::process::Command::new(
+        support::process::find_binary("mosquitto_sub", &[]).expect("mosquitto_sub"),
+    )
+    .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+    .args(["-t", "hubbub/chat/#", "-q", "1", "-F", "%p"])
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("mosquitto_sub");
+    let lines = {
+        use tokio::io::AsyncBufReadExt;
+        let stdout = bus_log.stdout.take().expect("stdout");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().await.push(line);
+            }
+        });
+        lines
+    };
+    let app = spawn_roles(
+        &format!(
+            "[mqtt]\nurl = \"{}\"\n\n[chat]\nrate_per_minute = 1000000\nrate_burst = 1000000\n",
+            broker.url()
+        ),
+        &[Role::Chat],
+    )
+    .await
+    .expect("chat on SQLite");
+    wait_until("connected", Duration::from_secs(20), async || {
+        ready(&app).await
+    })
+    .await;
+    // Probes until mosquitto_sub shows it is subscribed; then, once the outbox is
+    // empty, the count starts from nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines.lock().await.is_empty() {
+        assert!(Instant::now() < deadline, "mosquitto_sub never saw a probe");
+        post(&app.client, &app.url("/api/chat/sqlite/messages"), "probe").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_until("the probes relayed", Duration::from_secs(20), async || {
+        app.metrics()
+            .await
+            .contains("hubbub_outbox_backlog{outbox=\"chat\"} 0")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lines.lock().await.clear();
+
+    let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let mut posters = tokio::task::JoinSet::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    for poster in 0..8 {
+        let (client, url, acknowledged) = (
+            app.client.clone(),
+            app.url("/api/chat/sqlite/messages"),
+            acknowledged.clone(),
+        );
+        posters.spawn(async move {
+            let mut n = 0;
+            while Instant::now() < until {
+                n += 1;
+                if let Some(id) = post(&client, &url, &format!("p{poster} n{n}")).await {
+                    acknowledged.lock().await.push(id);
+                }
+            }
+        });
+    }
+    while posters.join_next().await.is_some() {}
+    let acknowledged = acknowledged.lock().await.clone();
+    wait_until("the outbox drained", Duration::from_secs(30), async || {
+        app.metrics()
+            .await
+            .contains("hubbub_outbox_backlog{outbox=\"chat\"} 0")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut published: Vec<i64> = lines
+        .lock()
+        .await
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("json")["id"]
+                .as_i64()
+                .expect("id")
+        })
+        .collect();
+    let total = published.len();
+    published.sort_unstable();
+    published.dedup();
+    let mut want = acknowledged.clone();
+    want.sort_unstable();
+    assert_eq!(published, want, "every acknowledged message on the bus");
+    assert_eq!(
+        total,
+        want.len(),
+        "{} publishes for {} messages: rounds went out again",
+        total,
+        want.len()
+    );
+}
+
+/// A broker that hangs (here SIGSTOP) while its host still acknowledges TCP: once
+/// our send buffer is full a write never completes. The session must notice within
+/// a keep-alive interval or two (the publishes fail, the outbox keeps the rows),
+/// and use the broker again once it is back. Before, the connection task sat in
+/// that write for good: the keep-alive check never ran again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_is_given_up_and_used_again_once_back() {
+    use hubbub::bus::Bus;
+    use hubbub::configuration::{Environment, Settings};
+
+    let broker = Mosquitto::start().await.expect("mosquitto");
+    let settings = Settings::from_toml(
+        &format!("[mqtt]\nurl = \"{}\"\n", broker.url()),
+        &Environment::default(),
+    )
+    .expect("settings");
+    let metrics = hubbub::metrics::Metrics::new().expect("metrics");
+    let bus = Bus::from_settings(&settings, Vec::new(), &metrics).expect("bus");
+    wait_until("connected", Duration::from_secs(20), async || {
+        bus.can_publish()
+    })
+    .await;
+    bus.publish("hubbub/test", bytes::Bytes::from_static(b"before"))
+        .await
+        .expect("a live broker acknowledges");
+
+    broker.freeze();
+    // 30 MB: more than the kernel buffers both ways hold, so writes block.
+    let payload = bytes::Bytes::from(vec![b'x'; 200 * 1024]);
+    let publishes: Vec<_> = (0..150)
+        .map(|_| {
+            let (bus, payload) = (bus.clone(), payload.clone());
+            tokio::spawn(async move { bus.publish("hubbub/test", payload).await })
+        })
+        .collect();
+    let frozen = Instant::now();
+    wait_until(
+        "the hung broker given up",
+        Duration::from_secs(45),
+        async || !bus.can_publish(),
+    )
+    .await;
+    let noticed = frozen.elapsed();
+    for publish in publishes {
+        assert!(
+            publish.await.expect("task").is_err(),
+            "no publish succeeds against a hung broker"
+        );
+    }
+    broker.thaw();
+    wait_until("reconnected", Duration::from_secs(20), async || {
+        bus.can_publish()
+    })
+    .await;
+    bus.publish("hubbub/test", bytes::Bytes::from_static(b"after"))
+        .await
+        .expect("acknowledged again");
+    // Keep-alive 10 s: a stalled write or a missing PINGRESP, 10 to 20 s.
+    assert!(
+        noticed < Duration::from_secs(30),
+        "noticed after {noticed:?}"
+    );
+}
+
+/// `hubbub serve` stopped by SIGTERM says goodbye to the broker (DISCONNECT): the
+/// broker logs a clean disconnect, not a connection that dropped. (Before, the
+/// runtime ended with the connection task, which never got to send it.)
+#[tokio::test]
+async fn a_stopping_process_disconnects_from_the_broker() {
+    let broker = Mosquitto::start().await.expect("mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("hubbub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nurl = \"{}\"\nclient_id = \"live-goodbye\"\n",
+            broker.url()
+        ),
+    )
+    .expect("config");
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("credentials");
+    let mut chat =
+        support::hubbub::HubbubProcess::start(Role::Chat, &config, &credentials, dir.path())
+            .await
+            .expect("hubbub serve chat");
+    wait_until("connected", Duration::from_secs(20), async || {
+        broker.log().contains("live-goodbye")
+    })
+    .await;
+    chat.stop().await.expect("SIGTERM");
+    wait_until(
+        "the broker saw the client go",
+        Duration::from_secs(10),
+        async || {
+            let log = broker.log();
+            log.contains("Client live-goodbye disconnected")
+                || log.contains("Client live-goodbye closed its connection")
+        },
+    )
+    .await;
+    let log = broker.log();
+    assert!(
+        log.contains("Client live-goodbye disconnected"),
+        "no DISCONNECT from the stopping process:\n{log}"
+    );
 }

@@ -110,6 +110,13 @@ impl Bus {
         }
     }
 
+    /// Says goodbye to the broker (MQTT); publishes still waiting fail.
+    pub async fn close(&self) {
+        if let Self::Mqtt(bus) = self {
+            bus.close().await;
+        }
+    }
+
     pub fn is_shared(&self) -> bool {
         matches!(self, Self::Mqtt(_))
     }

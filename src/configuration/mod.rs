@@ -287,11 +287,19 @@ impl Default for ChatSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct BroadcastSettings {
     pub keepalive_secs: u64,
+    /// Chat channels with clients on one instance at once (the buffs stream is
+    /// always allowed); a client asking for one more gets 503 `too_many_streams`. Each costs a ring of
+    /// 1,024 shared frames (about 40 KiB) and a task, so random channel names cannot
+    /// grow memory without bound.
+    pub max_streams: usize,
 }
 
 impl Default for BroadcastSettings {
     fn default() -> Self {
-        Self { keepalive_secs: 15 }
+        Self {
+            keepalive_secs: 15,
+            max_streams: 1000,
+        }
     }
 }
 
@@ -582,6 +590,12 @@ impl Settings {
         if self.broadcast.keepalive_secs == 0 {
             return Err(ConfigError::invalid(
                 "broadcast.keepalive_secs",
+                "must be above 0",
+            ));
+        }
+        if self.broadcast.max_streams == 0 {
+            return Err(ConfigError::invalid(
+                "broadcast.max_streams",
                 "must be above 0",
             ));
         }

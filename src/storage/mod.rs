@@ -173,26 +173,102 @@ impl Database {
         self.connection.get_database_backend()
     }
 
+    /// Applies the pending migrations. A database already migrated by a newer
+    /// release (this is a rollback of the code; migrations are forward-only and
+    /// keep the previous release working) is left as it is, with a warning:
+    /// sea-orm would refuse it, and the rolled-back roles would never start.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        Migrator::up(&self.connection, None)
-            .await
-            .map_err(StorageError::Migrate)
+        let newer = self.newer_migrations().await?;
+        if newer.is_empty() {
+            return Migrator::up(&self.connection, None)
+                .await
+                .map_err(StorageError::Migrate);
+        }
+        let pending: Vec<String> = self
+            .migration_status()
+            .await?
+            .into_iter()
+            .filter(|(_, applied)| !applied)
+            .map(|(name, _)| name)
+            .collect();
+        if !pending.is_empty() {
+            return Err(StorageError::Migrate(DbErr::Custom(format!(
+                "the database has migrations of a newer release ({}) but lacks {} of this one: \
+                 run the newer release",
+                newer.join(", "),
+                pending.join(", ")
+            ))));
+        }
+        tracing::warn!(
+            newer = ?newer,
+            "the database was migrated by a newer release; nothing to apply"
+        );
+        Ok(())
     }
 
-    /// Every migration with whether it has been applied.
+    /// Every migration of this release with whether it has been applied (those of
+    /// a newer release, if any, are left out).
     pub async fn migration_status(&self) -> Result<Vec<(String, bool)>, StorageError> {
-        let migrations = Migrator::get_migration_with_status(&self.connection)
+        let applied = self.applied_migrations().await?;
+        Ok(Migrator::migrations()
+            .iter()
+            .map(|m| (m.name().to_owned(), applied.contains(m.name())))
+            .collect())
+    }
+
+    /// Migrations recorded as applied that this release does not know.
+    async fn newer_migrations(&self) -> Result<Vec<String>, StorageError> {
+        let known: std::collections::HashSet<String> = Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        let mut newer: Vec<String> = self
+            .applied_migrations()
+            .await?
+            .into_iter()
+            .filter(|name| !known.contains(name))
+            .collect();
+        newer.sort();
+        Ok(newer)
+    }
+
+    /// The names in sea-orm's `seaql_migrations` (none before the first migration).
+    async fn applied_migrations(&self) -> Result<std::collections::HashSet<String>, StorageError> {
+        use sea_orm::ConnectionTrait;
+        let table_exists = match self.backend() {
+            DatabaseBackend::Postgres => {
+                "SELECT to_regclass('seaql_migrations') IS NOT NULL AS present"
+            }
+            _ => {
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+                   WHERE type = 'table' AND name = 'seaql_migrations') AS present"
+            }
+        };
+        let present: bool = self
+            .connection
+            .query_one_raw(statement(self.backend(), table_exists, vec![]))
+            .await
+            .map_err(StorageError::Migrate)?
+            .map(|row| row.try_get("", "present"))
+            .transpose()
+            .map_err(StorageError::Migrate)?
+            .unwrap_or(false);
+        if !present {
+            return Ok(std::collections::HashSet::new());
+        }
+        let rows = self
+            .connection
+            .query_all_raw(statement(
+                self.backend(),
+                "SELECT version FROM seaql_migrations",
+                vec![],
+            ))
             .await
             .map_err(StorageError::Migrate)?;
-        Ok(migrations
-            .iter()
-            .map(|m| {
-                (
-                    m.name().to_owned(),
-                    m.status() == migration::MigrationStatus::Applied,
-                )
-            })
-            .collect())
+        rows.iter()
+            .map(|row| row.try_get("", "version"))
+            .collect::<Result<_, _>>()
+            .map_err(StorageError::Migrate)
     }
 
     pub async fn ping(&self) -> bool {
@@ -245,4 +321,37 @@ pub fn statement(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Sta
         _ => sql.to_owned(),
     };
     Statement::from_sql_and_values(backend, sql, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::ConnectionTrait;
+
+    use super::*;
+
+    /// The code rolled back after a newer release migrated the database: its
+    /// `hubbub migrate` (and `hubbub-migrate.service`, which the roles require)
+    /// must succeed, or the rollback leaves the roles down.
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_release_is_left_as_it_is() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let env = Environment {
+            state_directory: Some(state.path().to_path_buf()),
+            ..Environment::default()
+        };
+        let settings = Settings::from_toml("", &env).expect("settings");
+        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        db.migrate().await.expect("first migration");
+        db.connection()
+            .execute_unprepared(
+                "INSERT INTO seaql_migrations (version, applied_at) \
+                 VALUES ('m20991231_000099_of_a_newer_release', 0)",
+            )
+            .await
+            .expect("a newer release's migration");
+        db.migrate().await.expect("nothing to apply, no error");
+        let status = db.migration_status().await.expect("status");
+        assert!(status.iter().all(|(_, applied)| *applied), "{status:?}");
+        assert_eq!(status.len(), Migrator::migrations().len());
+    }
 }

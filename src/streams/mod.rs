@@ -88,12 +88,17 @@ pub enum PayloadError {
     Json(#[from] serde_json::Error),
     #[error("a stream event must be one line of JSON")]
     Multiline,
+    /// An event of the previous release (no `seq`), published by one of its
+    /// processes during a rolling deployment: the event is in the database, and
+    /// reading the stream from there puts it in its place.
+    #[error("event {0} has no seq (published by the previous release)")]
+    Unsequenced(i64),
 }
 
 #[derive(Deserialize)]
 struct Header {
     id: i64,
-    seq: i64,
+    seq: Option<i64>,
 }
 
 impl StreamEvent {
@@ -113,6 +118,7 @@ impl StreamEvent {
             return Err(PayloadError::Multiline);
         }
         let Header { id, seq } = serde_json::from_slice(&payload)?;
+        let seq = seq.ok_or(PayloadError::Unsequenced(id))?;
         Ok(Self {
             id,
             seq,
@@ -194,7 +200,10 @@ mod tests {
             StreamEvent::decode(Bytes::from_static(br#"{"id":4,"seq":2,"x":"a"}"#)).expect("valid");
         assert_eq!((event.id, event.seq), (4, 2));
         assert!(StreamEvent::decode(Bytes::from_static(b"{\"id\":4,\n\"seq\":2}")).is_err());
-        assert!(StreamEvent::decode(Bytes::from_static(br#"{"id":4}"#)).is_err());
+        assert!(matches!(
+            StreamEvent::decode(Bytes::from_static(br#"{"id":4,"channel":"a"}"#)),
+            Err(PayloadError::Unsequenced(4))
+        ));
         assert!(StreamEvent::decode(Bytes::from_static(b"nope")).is_err());
     }
 }

@@ -140,25 +140,50 @@ impl<T: StreamItem> Outbox<T> {
 
     /// Publishes the oldest unpublished rows in id order, many in flight at once,
     /// and marks the acknowledged prefix published in one statement.
+    ///
+    /// PostgreSQL: in a transaction holding the relay's advisory lock, so only one
+    /// relay publishes. SQLite: no transaction (one process owns the file): a read
+    /// transaction held across the PUBACKs could not become a write transaction
+    /// once a post had committed meanwhile (SQLITE_BUSY), and the whole round
+    /// would go out again.
     async fn relay_once(&self, bus: &Bus, metrics: &RelayMetrics) -> Result<Round, DbErr> {
         let backend = self.db.backend();
-        let txn = self.db.connection().begin().await?;
-        if backend == DatabaseBackend::Postgres {
-            let locked: bool = txn
-                .query_one_raw(statement(
-                    backend,
-                    "SELECT pg_try_advisory_xact_lock($1) AS locked",
-                    vec![self.table.lock_key.into()],
-                ))
-                .await?
-                .map(|row| row.try_get("", "locked"))
-                .transpose()?
-                .unwrap_or(false);
-            if !locked {
-                txn.rollback().await?;
-                return Ok(Round::Standby);
-            }
+        if backend != DatabaseBackend::Postgres {
+            let (round, marked) = self
+                .publish_round(self.db.connection(), bus, metrics)
+                .await?;
+            metrics.published.inc_by(marked);
+            return Ok(round);
         }
+        let txn = self.db.connection().begin().await?;
+        let locked: bool = txn
+            .query_one_raw(statement(
+                backend,
+                "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                vec![self.table.lock_key.into()],
+            ))
+            .await?
+            .map(|row| row.try_get("", "locked"))
+            .transpose()?
+            .unwrap_or(false);
+        if !locked {
+            txn.rollback().await?;
+            return Ok(Round::Standby);
+        }
+        let (round, marked) = self.publish_round(&txn, bus, metrics).await?;
+        txn.commit().await?;
+        metrics.published.inc_by(marked);
+        Ok(round)
+    }
+
+    /// One batch: publish, then mark the acknowledged prefix (how many it marked).
+    async fn publish_round(
+        &self,
+        txn: &impl ConnectionTrait,
+        bus: &Bus,
+        metrics: &RelayMetrics,
+    ) -> Result<(Round, u64), DbErr> {
+        let backend = self.db.backend();
         let rows = txn
             .query_all_raw(statement(
                 backend,
@@ -211,15 +236,14 @@ impl<T: StreamItem> Outbox<T> {
             }
         }
         if !acked.is_empty() {
-            mark_published(&txn, backend, self.table.table, &acked).await?;
+            mark_published(txn, backend, self.table.table, &acked).await?;
         }
-        txn.commit().await?;
-        metrics.published.inc_by(acked.len() as u64);
-        Ok(if stopped {
+        let round = if stopped {
             Round::Stopped
         } else {
             Round::Published { full }
-        })
+        };
+        Ok((round, acked.len() as u64))
     }
 
     async fn backlog(&self) -> Result<i64, DbErr> {

@@ -181,6 +181,30 @@ impl Mosquitto {
         wait_for_port_closed(self.port).await
     }
 
+    /// SIGSTOP: a hung broker whose host still acknowledges TCP (`thaw` resumes it).
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+            unsafe {
+                libc::kill(pid as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// What the broker logged since it last started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
             bail!("mosquitto is already running");

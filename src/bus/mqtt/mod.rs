@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus::IntGauge;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{BusError, BusMessage, RECEIVE_BUFFER};
@@ -33,6 +34,8 @@ use transport::Endpoint;
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Publishes queued for the connection task.
 const REQUEST_QUEUE: usize = 1024;
+/// How long `close` waits for the connection task to say goodbye.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Shared {
     /// The session is up: publishes can go out.
@@ -50,6 +53,8 @@ struct Shared {
 pub struct MqttBus {
     requests: mpsc::Sender<PublishRequest>,
     shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     /// Stops the connection task when the last clone is dropped.
     _stop: Arc<DropGuard>,
 }
@@ -103,7 +108,7 @@ impl MqttBus {
         });
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
         let stop = CancellationToken::new();
-        tokio::spawn(session::run(
+        let task = tokio::spawn(session::run(
             endpoint,
             Options {
                 client_id,
@@ -118,8 +123,25 @@ impl MqttBus {
         Ok(Self {
             requests,
             shared,
+            stop: stop.clone(),
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
             _stop: Arc::new(stop.drop_guard()),
         })
+    }
+
+    /// Ends the session: publishes still waiting fail, the broker gets a
+    /// DISCONNECT (so it logs a clean goodbye, not a dropped connection). Waits
+    /// for that at most a couple of seconds.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, task).await;
+        }
     }
 
     /// Publishes at QoS 1; `Ok` only once the broker acknowledged this very message.

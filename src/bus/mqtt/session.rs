@@ -35,6 +35,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// After the broker refused a subscription (its ACL), ask again this often.
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(10);
+/// How long a DISCONNECT may take to go out when the process stops.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct PublishRequest {
     pub topic: String,
@@ -84,6 +86,7 @@ pub async fn run(
                 let mut connection = Connection {
                     reader,
                     writer,
+                    write_timeout: options.keep_alive,
                     in_flight: HashMap::new(),
                     next_id: 0,
                     subscribe_id: None,
@@ -147,6 +150,8 @@ enum SessionError {
     NoConnAck(&'static str),
     #[error("no PINGRESP within the keep-alive interval")]
     PingTimeout,
+    #[error("the broker took nothing we wrote for {0:?}")]
+    WriteStalled(Duration),
 }
 
 async fn connect(endpoint: &Endpoint, options: &Options) -> Result<(Reader, Writer), SessionError> {
@@ -178,6 +183,10 @@ async fn connect(endpoint: &Endpoint, options: &Options) -> Result<(Reader, Writ
 struct Connection {
     reader: Reader,
     writer: Writer,
+    /// A write that makes no progress for this long means the broker is gone,
+    /// even if its host still acknowledges TCP (a hung or frozen broker fills our
+    /// send buffer; waiting on it would also stop the keep-alive check).
+    write_timeout: Duration,
     /// Each publish on the wire, by its packet id, with the waiter it completes.
     in_flight: HashMap<u16, oneshot::Sender<Result<(), BusError>>>,
     next_id: u16,
@@ -196,6 +205,22 @@ impl Connection {
         }
     }
 
+    /// Queues a packet for the next flush, within the write timeout.
+    async fn feed(&mut self, packet: Packet) -> Result<(), SessionError> {
+        tokio::time::timeout(self.write_timeout, self.writer.feed(packet))
+            .await
+            .map_err(|_| SessionError::WriteStalled(self.write_timeout))??;
+        Ok(())
+    }
+
+    /// Writes a packet out now, within the write timeout.
+    async fn send(&mut self, packet: Packet) -> Result<(), SessionError> {
+        tokio::time::timeout(self.write_timeout, self.writer.send(packet))
+            .await
+            .map_err(|_| SessionError::WriteStalled(self.write_timeout))??;
+        Ok(())
+    }
+
     async fn subscribe(&mut self, filters: &[String]) -> Result<(), SessionError> {
         let id = self.allocate_id();
         self.subscribe_id = Some(id);
@@ -205,8 +230,7 @@ impl Connection {
                 .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
         );
         subscribe.pkid = id;
-        self.writer.send(Packet::Subscribe(subscribe)).await?;
-        Ok(())
+        self.send(Packet::Subscribe(subscribe)).await
     }
 
     /// Fails every publish still waiting for its PUBACK; returns how many.
@@ -242,7 +266,8 @@ impl Connection {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
-                    let _ = self.writer.send(Packet::Disconnect).await;
+                    // A clean goodbye, but never a reason to hang the shutdown.
+                    let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, self.writer.send(Packet::Disconnect)).await;
                     return Ok(());
                 }
                 packet = self.reader.next() => {
@@ -256,7 +281,7 @@ impl Connection {
                         },
                         Packet::Publish(publish) => {
                             if publish.qos != QoS::AtMostOnce {
-                                self.writer.feed(Packet::PubAck(PubAck::new(publish.pkid))).await?;
+                                self.feed(Packet::PubAck(PubAck::new(publish.pkid))).await?;
                                 unflushed = true;
                             }
                             let _ = shared.incoming.send(BusMessage {
@@ -309,7 +334,7 @@ impl Connection {
                                 Publish::from_bytes(request.topic, QoS::AtLeastOnce, request.payload);
                             publish.pkid = id;
                             self.in_flight.insert(id, request.done);
-                            self.writer.feed(Packet::Publish(publish)).await?;
+                            self.feed(Packet::Publish(publish)).await?;
                             unflushed = true;
                         }
                         if self.in_flight.len() < MAX_IN_FLIGHT {
@@ -321,7 +346,7 @@ impl Connection {
                     if awaiting_pong {
                         return Err(SessionError::PingTimeout);
                     }
-                    self.writer.feed(Packet::PingReq).await?;
+                    self.feed(Packet::PingReq).await?;
                     unflushed = true;
                     awaiting_pong = true;
                 }

@@ -64,6 +64,14 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, BusError> 
                     .add(certificate)
                     .map_err(|e| BusError::Tls(format!("{}: {e}", path.display())))?;
             }
+            // Else every handshake would fail later with an unknown issuer, far
+            // from the cause.
+            if roots.is_empty() {
+                return Err(BusError::Tls(format!(
+                    "{}: no PEM certificate in the file",
+                    path.display()
+                )));
+            }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
@@ -118,5 +126,21 @@ impl AsyncWrite for Transport {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").expect("write");
+        let error = Endpoint::new("broker", 8883, true, Some(&path))
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
     }
 }

@@ -30,6 +30,7 @@ pub struct FeedMetrics {
     pub clients: IntGauge,
     pub events: IntCounter,
     pub slow_disconnects: IntCounter,
+    pub catchups: IntCounter,
 }
 
 enum Phase {
@@ -141,6 +142,19 @@ impl Feed {
                             self.metrics.events.inc();
                             return Some(self.sent(frame.bytes.clone()));
                         }
+                        // Fell more than the ring behind (a burst: the backlog after a
+                        // broker outage, a backfill): read what it missed from the
+                        // database, as a resume would, without making it reconnect.
+                        Err(RecvError::Lagged(skipped)) if self.last_sent >= 0 => {
+                            self.metrics.catchups.inc();
+                            tracing::debug!(
+                                skipped,
+                                "SSE client fell behind; it catches up from the database"
+                            );
+                            self.phase = Phase::History;
+                        }
+                        // Behind before its first event: it has no position to catch
+                        // up from, so it reconnects (EventSource does) and resumes.
                         Err(RecvError::Lagged(skipped)) => {
                             self.metrics.slow_disconnects.inc();
                             tracing::info!(skipped, "SSE client fell behind; disconnecting it");
@@ -197,4 +211,114 @@ impl<S: Stream> Stream for SyncStream<S> {
             .as_mut()
             .poll_next(cx)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::{Environment, Settings};
+    use crate::domain::{Channel, MessageText, UserName};
+    use crate::roles::broadcast::hub::{Hub, HubMetrics};
+    use crate::storage::Database;
+    use crate::streams::StreamEvent;
+    use crate::streams::chat::MessageStore;
+
+    fn ids(chunk: &[u8]) -> Vec<i64> {
+        String::from_utf8_lossy(chunk)
+            .lines()
+            .filter_map(|line| line.strip_prefix("id:"))
+            .map(|id| id.parse().expect("id"))
+            .collect()
+    }
+
+    /// A burst of more events than the ring holds (the backlog after a broker
+    /// outage, a backfill) while a client reads nothing: the client then gets
+    /// every event, in order, from the database and the ring, without being cut
+    /// off (before, it was disconnected and had to reconnect and resume).
+    #[tokio::test]
+    async fn a_client_behind_by_more_than_the_ring_catches_up_connected() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let env = Environment {
+            state_directory: Some(state.path().to_path_buf()),
+            ..Environment::default()
+        };
+        let settings = Settings::from_toml("", &env).expect("settings");
+        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        db.migrate().await.expect("migrate");
+        let streams = Streams::new(db.clone());
+        let hub = Hub::new(
+            streams.clone(),
+            HubMetrics {
+                streams: IntGauge::new("streams", "streams").expect("gauge"),
+                gaps: IntCounter::new("gaps", "gaps").expect("counter"),
+                backfills: IntCounter::new("backfills", "backfills").expect("counter"),
+            },
+            1000,
+            CancellationToken::new(),
+        );
+        let store = MessageStore::new(db);
+        let channel = Channel::parse("burst").expect("channel");
+        let key = StreamKey::Chat(channel.clone());
+        let post = async || {
+            let message = store
+                .insert(
+                    &channel,
+                    &UserName::parse("u").expect("user"),
+                    &MessageText::parse("m").expect("text"),
+                )
+                .await
+                .expect("insert");
+            StreamEvent::encode(&message).expect("encode")
+        };
+        let metrics = Arc::new(FeedMetrics {
+            clients: IntGauge::new("clients", "clients").expect("gauge"),
+            events: IntCounter::new("events", "events").expect("counter"),
+            slow_disconnects: IntCounter::new("slow", "slow").expect("counter"),
+            catchups: IntCounter::new("catchups", "catchups").expect("counter"),
+        });
+        let mut subscription = hub.subscribe(&key).expect("subscribe");
+        subscription.ready().await;
+        let mut feed = Feed::new(
+            subscription,
+            key.clone(),
+            streams,
+            None,
+            Duration::from_secs(3600),
+            CancellationToken::new(),
+            metrics.clone(),
+        );
+        assert_eq!(feed.next_chunk().await.as_deref(), Some(RETRY));
+        let first = post().await;
+        hub.offer(&key, first.clone());
+        let chunk = feed.next_chunk().await.expect("the first event");
+        assert_eq!(ids(&chunk), vec![first.id]);
+
+        // A client that keeps up, to know when the whole burst went out.
+        let mut watcher = hub.subscribe(&key).expect("subscribe");
+        let mut burst = Vec::new();
+        for _ in 0..CLIENT_BURST {
+            let event = post().await;
+            burst.push(event.id);
+            hub.offer(&key, event);
+            let frame = tokio::time::timeout(Duration::from_secs(10), watcher.recv())
+                .await
+                .expect("in time")
+                .expect("frame");
+            assert_eq!(Some(frame.id), burst.last().copied());
+        }
+        let mut got = Vec::new();
+        while got.len() < burst.len() {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), feed.next_chunk())
+                .await
+                .expect("in time")
+                .expect("the client stays connected");
+            got.extend(ids(&chunk));
+        }
+        assert_eq!(got, burst, "every event once, in order");
+        assert_eq!(metrics.catchups.get(), 1);
+        assert_eq!(metrics.slow_disconnects.get(), 0);
+    }
+
+    /// More than the ring holds.
+    const CLIENT_BURST: usize = crate::roles::broadcast::hub::CLIENT_BUFFER + 200;
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::streams::{StreamEvent, StreamKey, Streams};
 
@@ -70,6 +70,19 @@ struct Entry {
     /// Set when the inbox overflowed: the task backfills instead.
     resync: Arc<AtomicBool>,
     ready: watch::Receiver<bool>,
+    /// Stops the stream's task when the entry goes, whatever the task is waiting
+    /// for (a database that is down, say), so a stream nobody watches any more
+    /// never lingers with its ring.
+    _stop: DropGuard,
+}
+
+impl Entry {
+    /// The task reads the stream from the database before its next event (the
+    /// flag holds when the inbox is full).
+    fn resync(&self) {
+        self.resync.store(true, Ordering::Release);
+        let _ = self.inbox.try_send(Input::Resync);
+    }
 }
 
 struct Inner {
@@ -77,8 +90,14 @@ struct Inner {
     generations: AtomicU64,
     streams: Streams,
     metrics: HubMetrics,
+    /// Active chat streams at most (the buffs stream is always allowed).
+    max_streams: usize,
     shutdown: CancellationToken,
 }
+
+/// A new stream was asked for while `max_streams` are active on this instance.
+#[derive(Debug)]
+pub struct TooManyStreams;
 
 #[derive(Clone)]
 pub struct Hub {
@@ -95,13 +114,19 @@ pub struct Subscription {
 }
 
 impl Hub {
-    pub fn new(streams: Streams, metrics: HubMetrics, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        streams: Streams,
+        metrics: HubMetrics,
+        max_streams: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 entries: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
                 streams,
                 metrics,
+                max_streams,
                 shutdown,
             }),
         }
@@ -114,14 +139,23 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn subscribe(&self, key: &StreamKey) -> Subscription {
+    /// Joins the stream, starting it when it has no client here yet, unless
+    /// `max_streams` are active already.
+    pub fn subscribe(&self, key: &StreamKey) -> Result<Subscription, TooManyStreams> {
         let mut entries = self.entries();
+        // The buffs stream is one and always allowed; it does not count.
+        let chats = entries.len() - usize::from(entries.contains_key(&StreamKey::Buffs));
+        if *key != StreamKey::Buffs && !entries.contains_key(key) && chats >= self.inner.max_streams
+        {
+            return Err(TooManyStreams);
+        }
         let entry = entries.entry(key.clone()).or_insert_with(|| {
             let (sender, _) = broadcast::channel(CLIENT_BUFFER);
             let (inbox, queue) = mpsc::channel(INBOX);
             let (ready_tx, ready) = watch::channel(false);
             let resync = Arc::new(AtomicBool::new(false));
             let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+            let stop = self.inner.shutdown.child_token();
             self.inner.metrics.streams.inc();
             tokio::spawn(
                 StreamTask {
@@ -132,7 +166,7 @@ impl Hub {
                     hub: self.clone(),
                     position: (0, 0),
                 }
-                .run(queue, ready_tx),
+                .run(queue, ready_tx, stop.clone()),
             );
             Entry {
                 generation,
@@ -140,15 +174,16 @@ impl Hub {
                 inbox,
                 resync,
                 ready,
+                _stop: stop.drop_guard(),
             }
         });
-        Subscription {
+        Ok(Subscription {
             receiver: Some(entry.sender.subscribe()),
             ready: entry.ready.clone(),
             generation: entry.generation,
             key: key.clone(),
             hub: self.clone(),
-        }
+        })
     }
 
     /// An event from the bus, for the stream's task if the stream is active here.
@@ -164,9 +199,14 @@ impl Hub {
     /// Events may have been missed (resubscribed, or the dispatcher fell behind the
     /// bus): every active stream reads what it missed from the database.
     pub fn resync_all(&self) {
-        for entry in self.entries().values() {
-            entry.resync.store(true, Ordering::Release);
-            let _ = entry.inbox.try_send(Input::Resync);
+        self.entries().values().for_each(Entry::resync);
+    }
+
+    /// An event of `key` came without its `seq` (a process of the previous release
+    /// published it): the stream reads what is new from the database.
+    pub fn resync(&self, key: &StreamKey) {
+        if let Some(entry) = self.entries().get(key) {
+            entry.resync();
         }
     }
 
@@ -219,13 +259,22 @@ struct StreamTask {
 }
 
 impl StreamTask {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Input>, ready: watch::Sender<bool>) {
-        let shutdown = self.hub.inner.shutdown.clone();
+    /// `shutdown` fires when the process stops or the stream loses its last client.
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Input>,
+        ready: watch::Sender<bool>,
+        shutdown: CancellationToken,
+    ) {
         // Where the stream stands: what is older is in the database for any client
         // that resumes, what is newer comes through here.
         let mut retry = Duration::from_millis(50);
         loop {
-            match self.streams.head(&self.key).await {
+            let head = tokio::select! {
+                () = shutdown.cancelled() => return,
+                head = self.streams.head(&self.key) => head,
+            };
+            match head {
                 Ok(head) => {
                     self.position = head;
                     break;
@@ -284,15 +333,19 @@ impl StreamTask {
     async fn backfill(&mut self, shutdown: &CancellationToken) -> bool {
         self.hub.inner.metrics.backfills.inc();
         let mut retry = Duration::from_millis(50);
+        // Read on by id, whatever the `seq`s say: a page of events that are all
+        // behind the position (rows of an odd `seq`) must not be read again forever.
+        let mut cursor = self.position.0;
         loop {
-            match self
-                .streams
-                .after(&self.key, self.position.0, BACKFILL_PAGE)
-                .await
-            {
+            let page = tokio::select! {
+                () = shutdown.cancelled() => return false,
+                page = self.streams.after(&self.key, cursor, BACKFILL_PAGE) => page,
+            };
+            match page {
                 Ok(page) => {
                     let full = page.len() == BACKFILL_PAGE as usize;
                     for event in &page {
+                        cursor = cursor.max(event.id);
                         if event.seq > self.position.1 {
                             self.send(event);
                         }
@@ -318,6 +371,8 @@ impl StreamTask {
 mod tests {
     use std::sync::Barrier;
 
+    use sea_orm::ConnectionTrait;
+
     use super::*;
     use crate::configuration::{Environment, Settings};
     use crate::domain::{Channel, MessageText, UserName};
@@ -328,6 +383,7 @@ mod tests {
 
     struct Fixture {
         hub: Hub,
+        db: Database,
         store: MessageStore,
         channel: Channel,
         gaps: IntCounter,
@@ -335,6 +391,10 @@ mod tests {
     }
 
     async fn fixture() -> Fixture {
+        fixture_with(1000).await
+    }
+
+    async fn fixture_with(max_streams: usize) -> Fixture {
         let state = tempfile::tempdir().expect("tempdir");
         let env = Environment {
             state_directory: Some(state.path().to_path_buf()),
@@ -351,10 +411,12 @@ mod tests {
                 gaps: gaps.clone(),
                 backfills: IntCounter::new("backfills", "backfills").expect("counter"),
             },
+            max_streams,
             CancellationToken::new(),
         );
         Fixture {
             hub,
+            db: db.clone(),
             store: MessageStore::new(db),
             channel: Channel::parse("room").expect("channel"),
             gaps,
@@ -395,7 +457,7 @@ mod tests {
         for _ in 0..3 {
             f.post().await;
         }
-        let mut client = f.hub.subscribe(&f.key());
+        let mut client = f.hub.subscribe(&f.key()).expect("subscribe");
         client.ready().await;
         let missed: Vec<StreamEvent> = vec![f.post().await, f.post().await];
         let third = f.post().await;
@@ -442,7 +504,9 @@ mod tests {
     async fn concurrent_leavers_never_leave_their_stream_behind() {
         let f = fixture().await;
         for round in 0..3000 {
-            let clients: Vec<Subscription> = (0..4).map(|_| f.hub.subscribe(&f.key())).collect();
+            let clients: Vec<Subscription> = (0..4)
+                .map(|_| f.hub.subscribe(&f.key()).expect("subscribe"))
+                .collect();
             let barrier = Arc::new(Barrier::new(clients.len()));
             let threads: Vec<_> = clients
                 .into_iter()
@@ -463,5 +527,84 @@ mod tests {
                 "round {round}: stream left behind"
             );
         }
+    }
+
+    /// A client asking for one channel after another (random names, say) cannot
+    /// make the instance hold more than `max_streams` streams; the buffs stream and
+    /// streams that are already active stay open to everyone.
+    #[tokio::test]
+    async fn active_streams_are_bounded() {
+        let f = fixture_with(3).await;
+        let key = |name: &str| StreamKey::Chat(Channel::parse(name).expect("channel"));
+        let mut held: Vec<Subscription> = ["a", "b", "c"]
+            .iter()
+            .map(|name| f.hub.subscribe(&key(name)).expect("within the bound"))
+            .collect();
+        assert!(f.hub.subscribe(&key("d")).is_err(), "a fourth stream");
+        held.push(f.hub.subscribe(&key("a")).expect("an active stream"));
+        held.push(f.hub.subscribe(&StreamKey::Buffs).expect("the buffs"));
+        assert_eq!(f.hub.active_streams(), 4);
+        drop(held.remove(1)); // `b` has no client left
+        held.push(f.hub.subscribe(&key("d")).expect("room again"));
+    }
+
+    /// A stream whose last client left while its task was still waiting for the
+    /// database (down, or slow) must end with it: before, the task retried until
+    /// the database came back, holding its ring, once per channel name asked for.
+    #[tokio::test]
+    async fn a_stream_left_while_the_database_fails_ends_its_task() {
+        let f = fixture().await;
+        f.db.connection()
+            .execute_unprepared("DROP TABLE chat_messages")
+            .await
+            .expect("break the stream's reads");
+        let baseline = Arc::strong_count(&f.hub.inner);
+        let mut client = f.hub.subscribe(&f.key()).expect("subscribe");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), client.ready())
+                .await
+                .is_err(),
+            "the head cannot be read"
+        );
+        drop(client);
+        assert_eq!(f.hub.active_streams(), 0);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while Arc::strong_count(&f.hub.inner) > baseline {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stream's task still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// During a rolling deployment the previous release's relay publishes events
+    /// without a `seq`: they must still reach the clients (read back from the
+    /// database), not be dropped as malformed until the next event of this release.
+    #[tokio::test]
+    async fn an_event_of_the_previous_release_reaches_the_clients() {
+        let f = fixture().await;
+        let (bus, bus_rx) = broadcast::channel(16);
+        let (_resubscribed, resubscribed_rx) = broadcast::channel(1);
+        let stop = CancellationToken::new();
+        tokio::spawn(super::super::dispatch(
+            bus_rx,
+            resubscribed_rx,
+            f.hub.clone(),
+            stop.clone(),
+        ));
+        let mut client = f.hub.subscribe(&f.key()).expect("subscribe");
+        client.ready().await;
+        let event = f.post().await;
+        // What the previous release published: the message without its seq.
+        let mut old: serde_json::Value = serde_json::from_slice(&event.json).expect("json");
+        old.as_object_mut().expect("object").remove("seq");
+        bus.send(crate::bus::BusMessage {
+            topic: f.key().topic(),
+            payload: Bytes::from(serde_json::to_vec(&old).expect("json")),
+        })
+        .expect("dispatcher listens");
+        assert_eq!(next_id(&mut client).await, event.id);
+        stop.cancel();
     }
 }

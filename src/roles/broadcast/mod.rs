@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use warp::http::{HeaderValue, header};
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, filters::BoxedFilter};
 
@@ -22,10 +22,10 @@ use crate::domain::Channel;
 use crate::http::{ApiError, tagged};
 use crate::metrics::Metrics;
 use crate::storage::Database;
-use crate::streams::{self, StreamEvent, StreamKey, Streams};
+use crate::streams::{self, PayloadError, StreamEvent, StreamKey, Streams};
 
 use feed::{Feed, FeedMetrics};
-use hub::{Hub, HubMetrics};
+use hub::{Hub, HubMetrics, TooManyStreams};
 
 const ROLE: &str = "broadcast";
 /// How long a new client waits for its stream's position (one database read).
@@ -75,6 +75,7 @@ impl Broadcast {
                     "Reads of a stream from the database after a gap or a resubscription",
                 )?,
             },
+            settings.broadcast.max_streams,
             shutdown.clone(),
         );
         tokio::spawn(dispatch(
@@ -93,7 +94,11 @@ impl Broadcast {
                 events: metrics.counter("hubbub_sse_events_sent_total", "SSE events sent")?,
                 slow_disconnects: metrics.counter(
                     "hubbub_sse_slow_client_disconnects_total",
-                    "SSE clients cut off for falling behind",
+                    "SSE clients cut off for falling behind before their first event",
+                )?,
+                catchups: metrics.counter(
+                    "hubbub_sse_client_catchups_total",
+                    "SSE clients that fell over 1,024 events behind and read them from the database, staying connected",
                 )?,
             }),
         }))
@@ -162,7 +167,14 @@ impl Broadcast {
                 )?),
             };
         // Live first, then history: nothing published in between can fall in a gap.
-        let mut subscription = self.hub.subscribe(&key);
+        let mut subscription = self.hub.subscribe(&key).map_err(|TooManyStreams| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                "this instance serves as many streams as it may (broadcast.max_streams); try again later",
+            )
+            .with_retry_after(5)
+        })?;
         // The stream's task must know where the stream stands before the client
         // counts as connected: whatever is committed after the response starts is
         // then sent live (or was in the history the client reads).
@@ -227,6 +239,7 @@ async fn dispatch(
                 };
                 match StreamEvent::decode(message.payload) {
                     Ok(event) => hub.offer(&key, event),
+                    Err(PayloadError::Unsequenced(_)) => hub.resync(&key),
                     Err(error) => {
                         tracing::warn!(%error, topic = %message.topic, "ignoring a malformed bus message");
                     }
