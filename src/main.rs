@@ -102,7 +102,8 @@ async fn run(command: Command, settings: Settings, env: Environment) -> anyhow::
                     println!("{} {name}", if applied { "applied" } else { "pending" });
                 }
             } else {
-                db.migrate().await?;
+                db.migrate_waiting(&settings, lifecycle::notify_status)
+                    .await?;
                 tracing::info!("migrations applied");
             }
             Ok(())

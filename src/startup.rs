@@ -81,7 +81,8 @@ impl Application {
         let metrics = Metrics::new()?;
         let db = Database::connect_waiting(&settings, &env, lifecycle::notify_status).await?;
         if settings.database.migrate_on_start {
-            db.migrate().await?;
+            db.migrate_waiting(&settings, lifecycle::notify_status)
+                .await?;
         }
         let cache = Cache::from_settings(&settings)?;
         let shutdown = CancellationToken::new();

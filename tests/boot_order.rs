@@ -103,6 +103,41 @@ async fn migrate_started_before_postgresql_waits_and_then_migrates() {
     assert_ne!(applied.trim(), "0", "no migration recorded");
 }
 
+/// A PostgreSQL that has just come up can accept hubbub's first connection and be
+/// slow to give the migration another (CI saw the pool time out under load). A
+/// connection limit of one makes that state last: the migration waits it out
+/// instead of failing for good (exit 1, which systemd does not restart).
+#[tokio::test]
+async fn migrate_waits_for_a_connection_after_the_first() {
+    let postgres = Postgres::start().await.expect("postgres");
+    let url = postgres.create_database().await.expect("database");
+    let database = url.rsplit('/').next().expect("database name");
+    let user = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .expect("user in the URL");
+    let limit = |n: i32| format!("ALTER ROLE {user} CONNECTION LIMIT {n}");
+    postgres.psql(database, &limit(1)).await.expect("limit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("migrate.log");
+    let mut migrate = hubbub(&["migrate"], &url, dir.path(), &log);
+
+    wait_for_log(
+        &mut migrate,
+        &log,
+        "waiting for the database",
+        Duration::from_secs(30),
+    )
+    .await;
+    postgres.psql(database, &limit(-1)).await.expect("no limit");
+
+    let status = exit_status(&mut migrate, Duration::from_secs(60), &log).await;
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "migrate failed: {status}\n{output}");
+    assert!(output.contains("migrations applied"), "{output}");
+}
+
 #[tokio::test]
 async fn serve_started_before_postgresql_waits_and_then_serves() {
     let (mut postgres, url) = stopped_postgres().await;

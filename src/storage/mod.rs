@@ -38,6 +38,68 @@ pub enum StorageError {
     Migrate(#[source] DbErr),
 }
 
+/// Runs `attempt` until it succeeds, fails for good, or `database.startup_wait_secs`
+/// have passed. `transient` picks the failures worth waiting out (the database not
+/// up yet) and returns their cause; each is logged and handed to `on_retry`, and
+/// the next attempt follows after 250 ms, doubling up to 10 s.
+async fn retry_while_starting<T, Fut>(
+    settings: &Settings,
+    mut on_retry: impl FnMut(&str),
+    mut attempt: impl FnMut() -> Fut,
+    transient: impl Fn(&StorageError) -> Option<&DbErr>,
+) -> Result<T, StorageError>
+where
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let wait = Duration::from_secs(settings.database.startup_wait_secs);
+    let started = Instant::now();
+    let deadline = started + wait;
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempts: u32 = 0;
+    loop {
+        attempts = attempts.saturating_add(1);
+        let error = match attempt().await {
+            Ok(value) => {
+                if attempts > 1 {
+                    tracing::info!(
+                        attempts,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "the database accepts connections"
+                    );
+                }
+                return Ok(value);
+            }
+            Err(error) => error,
+        };
+        let Some(cause) = transient(&error) else {
+            return Err(error);
+        };
+        let last_error = redact_urls_in(&cause.to_string());
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(StorageError::Unreachable {
+                waited_secs: wait.as_secs(),
+                attempts,
+                last_error,
+            });
+        }
+        let pause = delay.min(deadline - now);
+        tracing::warn!(
+            error = %last_error,
+            attempt = attempts,
+            retry_in_ms = pause.as_millis() as u64,
+            gives_up_in_s = (deadline - now).as_secs(),
+            "waiting for the database"
+        );
+        on_retry(&format!(
+            "waiting for the database (attempt {attempts}, giving up in {} s): {last_error}",
+            (deadline - now).as_secs()
+        ));
+        tokio::time::sleep(pause).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Database {
     connection: DatabaseConnection,
@@ -111,58 +173,49 @@ impl Database {
     pub async fn connect_waiting(
         settings: &Settings,
         env: &Environment,
-        mut on_retry: impl FnMut(&str),
+        on_retry: impl FnMut(&str),
     ) -> Result<Self, StorageError> {
         let postgres = settings
             .database
             .url
             .as_ref()
             .is_some_and(|url| url.scheme().starts_with("postgres"));
-        let wait = Duration::from_secs(settings.database.startup_wait_secs);
-        let started = Instant::now();
-        let deadline = started + wait;
-        let mut delay = FIRST_RETRY_DELAY;
-        let mut attempts: u32 = 0;
-        loop {
-            attempts = attempts.saturating_add(1);
-            let error = match Self::connect(settings, env).await {
-                Ok(database) => {
-                    if attempts > 1 {
-                        tracing::info!(
-                            attempts,
-                            waited_ms = started.elapsed().as_millis() as u64,
-                            "the database accepts connections"
-                        );
-                    }
-                    return Ok(database);
+        retry_while_starting(
+            settings,
+            on_retry,
+            || Self::connect(settings, env),
+            |error| match error {
+                StorageError::Connect(error) if postgres => Some(error),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// [`Database::migrate`], tried again as [`Database::connect_waiting`] does
+    /// while it fails for want of a connection: a PostgreSQL that has just come up
+    /// may accept the first connection and be slow to give the migration another
+    /// within `database.acquire_timeout_ms`. Any other failure is final.
+    pub async fn migrate_waiting(
+        &self,
+        settings: &Settings,
+        on_retry: impl FnMut(&str),
+    ) -> Result<(), StorageError> {
+        let postgres = self.backend() == DatabaseBackend::Postgres;
+        retry_while_starting(
+            settings,
+            on_retry,
+            || self.migrate(),
+            |error| match error {
+                StorageError::Migrate(error @ (DbErr::ConnectionAcquire(_) | DbErr::Conn(_)))
+                    if postgres =>
+                {
+                    Some(error)
                 }
-                Err(StorageError::Connect(error)) if postgres => error,
-                Err(other) => return Err(other),
-            };
-            let last_error = redact_urls_in(&error.to_string());
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(StorageError::Unreachable {
-                    waited_secs: wait.as_secs(),
-                    attempts,
-                    last_error,
-                });
-            }
-            let pause = delay.min(deadline - now);
-            tracing::warn!(
-                error = %last_error,
-                attempt = attempts,
-                retry_in_ms = pause.as_millis() as u64,
-                gives_up_in_s = (deadline - now).as_secs(),
-                "waiting for the database"
-            );
-            on_retry(&format!(
-                "waiting for the database (attempt {attempts}, giving up in {} s): {last_error}",
-                (deadline - now).as_secs()
-            ));
-            tokio::time::sleep(pause).await;
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
-        }
+                _ => None,
+            },
+        )
+        .await
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
