@@ -9,9 +9,10 @@ use std::fmt::{self, Write as _};
 use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::io::Errno;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use tracing::field::{Field, Visit};
@@ -22,7 +23,10 @@ use tracing_subscriber::layer::{Context, Layer};
 const SOCKET: &str = "/run/systemd/journal/socket";
 
 /// The journal socket as a writer: each `write` is one entry (one datagram).
-pub struct JournalSocket(UnixDatagram);
+pub struct JournalSocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
 
 impl JournalSocket {
     /// Fails when no journald listens (say, in a container without one).
@@ -31,11 +35,28 @@ impl JournalSocket {
     }
 
     fn connect_to(path: &Path) -> io::Result<Self> {
+        let socket = Self {
+            socket: Self::open(path)?,
+            path: path.to_owned(),
+        };
+        // journald discards an empty datagram: this only proves someone listens.
+        socket.socket.send(&[])?;
+        Ok(socket)
+    }
+
+    fn open(path: &Path) -> io::Result<UnixDatagram> {
         let socket = UnixDatagram::unbound()?;
         socket.connect(path)?;
-        // journald discards an empty datagram: this only proves someone listens.
-        socket.send(&[])?;
-        Ok(Self(socket))
+        Ok(socket)
+    }
+
+    fn send(&self, entry: &[u8]) -> io::Result<usize> {
+        match self.socket.send(entry) {
+            Err(error) if error.raw_os_error() == Some(Errno::MSGSIZE.raw_os_error()) => {
+                self.send_as_memfd(entry)
+            }
+            sent => sent,
+        }
     }
 
     /// An entry too large for one datagram (the socket's send buffer, about 200 KiB
@@ -60,7 +81,7 @@ impl JournalSocket {
             return Err(io::Error::other("no room for the descriptor"));
         }
         rustix::net::sendmsg(
-            &self.0,
+            &self.socket,
             &[IoSlice::new(&[])],
             &mut control,
             SendFlags::empty(),
@@ -71,11 +92,16 @@ impl JournalSocket {
 
 impl Write for JournalSocket {
     fn write(&mut self, entry: &[u8]) -> io::Result<usize> {
-        match self.0.send(entry) {
+        match self.send(entry) {
+            // The journal's socket was made anew (its socket unit restarted): the
+            // connected one would refuse every entry until hubbub restarts.
             Err(error)
-                if error.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) =>
+                if [Errno::CONNREFUSED, Errno::NOTCONN, Errno::NOENT]
+                    .iter()
+                    .any(|e| error.raw_os_error() == Some(e.raw_os_error())) =>
             {
-                self.send_as_memfd(entry)
+                self.socket = Self::open(&self.path)?;
+                self.send(entry)
             }
             sent => sent,
         }
@@ -292,6 +318,21 @@ mod tests {
         put(&mut large, "MESSAGE", &vec![b'x'; 512 * 1024]);
         socket.write_all(&large).expect("large entry");
         assert!(receive(&journal) == large, "the large entry arrives whole");
+    }
+
+    #[test]
+    fn a_journal_socket_made_anew_is_reconnected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("socket");
+        let journal = UnixDatagram::bind(&path).expect("bind");
+        let mut socket = JournalSocket::connect_to(&path).expect("connect");
+        assert!(receive(&journal).is_empty(), "the probe");
+        drop(journal);
+        std::fs::remove_file(&path).expect("remove");
+        let journal = UnixDatagram::bind(&path).expect("bind again");
+        let entry = b"MESSAGE=after the restart\n".to_vec();
+        socket.write_all(&entry).expect("entry");
+        assert_eq!(receive(&journal), entry);
     }
 
     #[test]
