@@ -125,15 +125,22 @@ impl ListCache {
     }
 
     /// The generation to read and fill, or `None` when the cache cannot be trusted.
+    /// What was cached before such a spell is dropped too: a buff created meanwhile
+    /// may never be announced (a missed message, a version key that could not be
+    /// bumped, a Redis that comes back from its snapshot with the old version).
     async fn current_generation(&self) -> Option<u64> {
         match &self.freshness {
-            Freshness::Bus(bus) if !bus.is_connected() => None,
+            Freshness::Bus(bus) if !bus.is_connected() => {
+                self.invalidate();
+                None
+            }
             Freshness::Bus(_) => Some(self.generation.load(Ordering::SeqCst)),
             Freshness::RedisVersion(cache) => {
                 let version = match cache.get(VERSION_KEY).await {
                     Ok(version) => version,
                     Err(error) => {
                         tracing::debug!(%error, "buff version unavailable; reading the database");
+                        self.invalidate();
                         return None;
                     }
                 };
