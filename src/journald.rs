@@ -6,8 +6,14 @@
 //! field as `F_<NAME>`.
 
 use std::fmt::{self, Write as _};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
+use std::mem::MaybeUninit;
 use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -17,22 +23,88 @@ use tracing_subscriber::layer::{Context, Layer};
 const SOCKET: &str = "/run/systemd/journal/socket";
 
 /// The journal socket as a writer: each `write` is one entry (one datagram).
-pub struct JournalSocket(UnixDatagram);
+pub struct JournalSocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
 
 impl JournalSocket {
     /// Fails when no journald listens (say, in a container without one).
     pub fn connect() -> io::Result<Self> {
-        let socket = UnixDatagram::unbound()?;
-        socket.connect(SOCKET)?;
+        Self::connect_to(Path::new(SOCKET))
+    }
+
+    fn connect_to(path: &Path) -> io::Result<Self> {
+        let socket = Self {
+            socket: Self::open(path)?,
+            path: path.to_owned(),
+        };
         // journald discards an empty datagram: this only proves someone listens.
-        socket.send(&[])?;
-        Ok(Self(socket))
+        socket.socket.send(&[])?;
+        Ok(socket)
+    }
+
+    fn open(path: &Path) -> io::Result<UnixDatagram> {
+        let socket = UnixDatagram::unbound()?;
+        socket.connect(path)?;
+        Ok(socket)
+    }
+
+    fn send(&self, entry: &[u8]) -> io::Result<usize> {
+        match self.socket.send(entry) {
+            Err(error) if error.raw_os_error() == Some(Errno::MSGSIZE.raw_os_error()) => {
+                self.send_as_memfd(entry)
+            }
+            sent => sent,
+        }
+    }
+
+    /// An entry too large for one datagram (the socket's send buffer, about 200 KiB
+    /// by default) goes the way journald's own client sends it: written to a sealed
+    /// memfd whose descriptor is passed in an otherwise empty datagram.
+    fn send_as_memfd(&self, entry: &[u8]) -> io::Result<usize> {
+        let memfd = rustix::fs::memfd_create(
+            "hubbub-journal-entry",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        let mut file = std::fs::File::from(memfd);
+        file.write_all(entry)?;
+        // journald takes only a sealed memfd: its contents can no longer change.
+        rustix::fs::fcntl_add_seals(
+            &file,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+        )?;
+        let descriptors = [std::os::fd::AsFd::as_fd(&file)];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&descriptors)) {
+            return Err(io::Error::other("no room for the descriptor"));
+        }
+        rustix::net::sendmsg(
+            &self.socket,
+            &[IoSlice::new(&[])],
+            &mut control,
+            SendFlags::empty(),
+        )?;
+        Ok(entry.len())
     }
 }
 
 impl Write for JournalSocket {
     fn write(&mut self, entry: &[u8]) -> io::Result<usize> {
-        self.0.send(entry)
+        match self.send(entry) {
+            // The journal's socket was made anew (its socket unit restarted): the
+            // connected one would refuse every entry until hubbub restarts.
+            Err(error)
+                if [Errno::CONNREFUSED, Errno::NOTCONN, Errno::NOENT]
+                    .iter()
+                    .any(|e| error.raw_os_error() == Some(e.raw_os_error())) =>
+            {
+                self.socket = Self::open(&self.path)?;
+                self.send(entry)
+            }
+            sent => sent,
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -185,6 +257,82 @@ mod tests {
         }
         assert!(entry.is_empty());
         fields
+    }
+
+    /// What a journald socket receives: the datagram, or the sealed memfd's contents.
+    fn receive(socket: &UnixDatagram) -> Vec<u8> {
+        use std::io::{IoSliceMut, Read, Seek};
+        use std::os::fd::OwnedFd;
+
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+        let mut datagram = vec![0u8; 1024 * 1024];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(&mut datagram)],
+            &mut control,
+            RecvFlags::empty(),
+        )
+        .expect("recvmsg");
+        let mut descriptors: Vec<OwnedFd> = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                descriptors.extend(fds);
+            }
+        }
+        match descriptors.pop() {
+            None => {
+                datagram.truncate(received.bytes);
+                datagram
+            }
+            Some(fd) => {
+                assert_eq!(received.bytes, 0, "a memfd comes in an empty datagram");
+                let seals = rustix::fs::fcntl_get_seals(&fd).expect("seals");
+                assert!(seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW));
+                let mut file = std::fs::File::from(fd);
+                file.rewind().expect("rewind");
+                let mut entry = Vec::new();
+                file.read_to_end(&mut entry).expect("read");
+                entry
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_too_large_for_a_datagram_still_reaches_the_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("socket");
+        let journal = UnixDatagram::bind(&path).expect("bind");
+        let mut socket = JournalSocket::connect_to(&path).expect("connect");
+        assert!(receive(&journal).is_empty(), "the probe");
+
+        let small = b"MESSAGE=hello\n".to_vec();
+        socket.write_all(&small).expect("small entry");
+        assert_eq!(receive(&journal), small);
+
+        // Larger than a datagram may be with the default send buffer
+        // (net.core.wmem_default, 208 KiB).
+        let mut large = Vec::new();
+        put(&mut large, "MESSAGE", &vec![b'x'; 512 * 1024]);
+        socket.write_all(&large).expect("large entry");
+        assert!(receive(&journal) == large, "the large entry arrives whole");
+    }
+
+    #[test]
+    fn a_journal_socket_made_anew_is_reconnected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("socket");
+        let journal = UnixDatagram::bind(&path).expect("bind");
+        let mut socket = JournalSocket::connect_to(&path).expect("connect");
+        assert!(receive(&journal).is_empty(), "the probe");
+        drop(journal);
+        std::fs::remove_file(&path).expect("remove");
+        let journal = UnixDatagram::bind(&path).expect("bind again");
+        let entry = b"MESSAGE=after the restart\n".to_vec();
+        socket.write_all(&entry).expect("entry");
+        assert_eq!(receive(&journal), entry);
     }
 
     #[test]

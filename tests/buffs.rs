@@ -231,6 +231,63 @@ async fn a_new_buff_is_visible_on_every_instance_at_once_and_redis_outage_degrad
     redis.start_again().await.expect("restart redis");
 }
 
+/// Instances that share Redis but no bus learn of new buffs from the version key. A
+/// page cached before a Redis outage is not served after it: a buff created while
+/// Redis was down could not bump the key, and Redis may come back (from its
+/// snapshot) with the version the page was cached under.
+#[tokio::test]
+async fn pages_cached_before_a_redis_outage_are_not_served_after_it() {
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("db");
+    let mut redis = Redis::start(Some("rpw")).await.expect("redis");
+    let toml = format!(
+        "[database]\nurl = \"{db_url}\"\n[redis]\nurl = \"{}\"\n[buffs]\n{TOKENS}\ncache_ttl_secs = 300\n",
+        redis.url()
+    );
+    let a = spawn_roles(&toml, &[Role::Buffs]).await.expect("a");
+    let b = spawn_roles(&toml, &[Role::Buffs]).await.expect("b");
+    let first: Value = create(&a, "/api/buffs", Some("first-token"), &quiz("before?"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let first = first["id"].as_i64().expect("id");
+    assert_eq!(ids(&b, "/api/buffs").await, vec![first]);
+    assert_eq!(ids(&b, "/api/buffs").await, vec![first], "cached");
+
+    // Redis snapshots the version key, as a persistent Redis does when it stops.
+    let saved = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port().to_string(),
+            "--no-auth-warning",
+            "-a",
+            "rpw",
+            "SAVE",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(saved.status.success(), "{saved:?}");
+    redis.stop().await.expect("stop redis");
+    let during: Value = create(&a, "/api/buffs", Some("first-token"), &quiz("during?"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let during = during["id"].as_i64().expect("id");
+    assert_eq!(
+        ids(&b, "/api/buffs").await,
+        vec![during, first],
+        "from the database"
+    );
+    redis.start_again().await.expect("restart redis");
+    assert_eq!(
+        ids(&b, "/api/buffs").await,
+        vec![during, first],
+        "not the page cached before the outage"
+    );
+}
+
 #[tokio::test]
 async fn new_buffs_stream_over_sse_and_resume() {
     let pg = Postgres::start().await.expect("postgres");

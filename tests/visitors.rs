@@ -326,6 +326,66 @@ async fn database_outage_is_503_and_recovers_by_itself() {
     app.stop().await;
 }
 
+/// Visits queued in batches when PostgreSQL goes away: every one is answered (no
+/// hang), each with a 503, none is counted, and what was answered 200 is exactly
+/// what the database holds once it is back.
+#[tokio::test]
+async fn a_failed_batch_answers_every_visit_503_and_counts_none() {
+    let mut pg = Postgres::start().await.expect("postgres");
+    let url = pg.create_database().await.expect("database");
+    let app = spawn_app(&format!(
+        "{TRUSTING_LOOPBACK}[database]\nurl = \"{url}\"\nacquire_timeout_ms = 1000\n\
+         [visitors]\n{SALT}\nstats_cache_ms = 0\n{SMALL_BATCHES}"
+    ))
+    .await
+    .expect("app");
+    let mut answered = 0;
+    for response in
+        join_all((0..20).map(|i| visit_as(&app, ["198.51.100.31", "198.51.100.32"][i % 2]))).await
+    {
+        assert_eq!(response.status(), 200);
+        answered += 1;
+    }
+
+    pg.stop().await.expect("stop postgres");
+    let visits = (0..60).map(|i| visit_as(&app, ["198.51.100.31", "198.51.100.33"][i % 2]));
+    let responses = tokio::time::timeout(Duration::from_secs(30), join_all(visits))
+        .await
+        .expect("every queued visit is answered");
+    for response in responses {
+        assert_eq!(response.status(), 503);
+        let html = response.text().await.expect("body");
+        assert!(!html.contains("sqlx"), "{html}");
+    }
+
+    pg.start_again().await.expect("restart postgres");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statuses = join_all((0..10).map(|_| visit_as(&app, "198.51.100.33"))).await;
+        let ok = statuses.iter().filter(|r| r.status() == 200).count();
+        answered += ok;
+        if ok == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let db = url.rsplit('/').next().expect("db name").to_owned();
+    let rows = pg
+        .psql(
+            &db,
+            "SELECT (SELECT sum(visits) FROM visitors), (SELECT sum(visits) FROM visit_totals)",
+        )
+        .await
+        .expect("psql");
+    assert_eq!(
+        rows.trim(),
+        format!("{answered}|{answered}"),
+        "visits answered 200"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn stats_are_cached_in_process_loaded_once_per_expiry_and_need_no_redis() {
     let pg = Postgres::start().await.expect("postgres");

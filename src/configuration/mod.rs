@@ -575,10 +575,26 @@ impl Settings {
                 "must be from 1 to 10000",
             ));
         }
-        if self.visitors.batch_max_in_flight == 0 {
+        // Each batch in flight holds a database connection; far beyond any pool, and
+        // large values overflow the queue's size (a panic at start, not an error).
+        if self.visitors.batch_max_in_flight == 0 || self.visitors.batch_max_in_flight > 1_000 {
             return Err(ConfigError::invalid(
                 "visitors.batch_max_in_flight",
-                "must be above 0",
+                "must be from 1 to 1000",
+            ));
+        }
+        // The caches' expiry is what bounds staleness after a missed invalidation;
+        // moka also panics at start beyond 1,000 years.
+        if self.visitors.stats_cache_ms > 3_600_000 {
+            return Err(ConfigError::invalid(
+                "visitors.stats_cache_ms",
+                "must be at most 3600000 (1 hour)",
+            ));
+        }
+        if self.buffs.cache_ttl_secs > 3_600 {
+            return Err(ConfigError::invalid(
+                "buffs.cache_ttl_secs",
+                "must be at most 3600 (1 hour)",
             ));
         }
         if self.visitors.batch_max_wait_us > 1_000_000 {
@@ -782,6 +798,43 @@ mod tests {
             settings.database_url(&env_with(None)),
             "sqlite:///var/lib/hubbub/hubbub.db?mode=rwc"
         );
+    }
+
+    #[test]
+    fn batch_and_cache_bounds_are_checked_naming_the_key() {
+        for (toml, key) in [
+            (
+                "[visitors]\nbatch_max_in_flight = 0\n",
+                "visitors.batch_max_in_flight",
+            ),
+            (
+                "[visitors]\nbatch_max_in_flight = 4611686018427387904\n",
+                "visitors.batch_max_in_flight",
+            ),
+            (
+                "[visitors]\nbatch_max_size = 0\n",
+                "visitors.batch_max_size",
+            ),
+            (
+                "[visitors]\nstats_cache_ms = 40000000000000\n",
+                "visitors.stats_cache_ms",
+            ),
+            (
+                "[buffs]\ncache_ttl_secs = 40000000000\n",
+                "buffs.cache_ttl_secs",
+            ),
+            ("[visitors]\nipv6_prefix = 0\n", "visitors.ipv6_prefix"),
+            (
+                "[chat]\nrate_limit_ipv6_prefix = 129\n",
+                "chat.rate_limit_ipv6_prefix",
+            ),
+        ] {
+            let error = Settings::from_toml(toml, &env_with(None)).expect_err(toml);
+            assert_eq!(error.key(), Some(key), "{toml}: {error}");
+        }
+        let fine = "[visitors]\nbatch_max_in_flight = 1000\nstats_cache_ms = 3600000\n\
+                    [buffs]\ncache_ttl_secs = 3600\n";
+        Settings::from_toml(fine, &env_with(None)).expect("at the bounds");
     }
 
     #[test]

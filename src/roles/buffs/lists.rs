@@ -4,6 +4,7 @@
 //! making. Every entry belongs to a generation; a new buff starts a new one, and
 //! what was loaded under an older generation is never served again.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +23,8 @@ const MAX_ENTRIES: u64 = 256;
 const MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Bumped on every create where instances share Redis but no bus.
 pub const VERSION_KEY: &str = "hubbub:buffs:version";
+/// Buff ids remembered as having come back on the bus, for creators waiting.
+const ANNOUNCED_KEPT: usize = 4096;
 
 /// How this instance learns that another one created a buff.
 pub enum Freshness {
@@ -39,8 +42,8 @@ pub struct ListCache {
     freshness: Freshness,
     /// The Redis version the current generation belongs to.
     version: Mutex<Option<String>>,
-    /// The highest buff id seen on the bus.
-    seen: watch::Sender<i64>,
+    /// The buff ids most recently seen on the bus.
+    seen: watch::Sender<Announced>,
     usage: Usage,
 }
 
@@ -57,7 +60,7 @@ impl ListCache {
             generation: AtomicU64::new(0),
             freshness,
             version: Mutex::new(None),
-            seen: watch::Sender::new(0),
+            seen: watch::Sender::new(Announced::default()),
             usage,
         })
     }
@@ -73,11 +76,7 @@ impl ListCache {
     pub fn buff_arrived(&self, id: Option<i64>) {
         self.invalidate();
         if let Some(id) = id {
-            self.seen.send_if_modified(|seen| {
-                let newer = id > *seen;
-                *seen = (*seen).max(id);
-                newer
-            });
+            self.seen.send_if_modified(|seen| seen.insert(id));
         }
     }
 
@@ -91,7 +90,7 @@ impl ListCache {
             return true;
         }
         let mut seen = self.seen.subscribe();
-        tokio::time::timeout(timeout, seen.wait_for(|seen| *seen >= id))
+        tokio::time::timeout(timeout, seen.wait_for(|seen| seen.contains(id)))
             .await
             .is_ok_and(|r| r.is_ok())
     }
@@ -126,15 +125,22 @@ impl ListCache {
     }
 
     /// The generation to read and fill, or `None` when the cache cannot be trusted.
+    /// What was cached before such a spell is dropped too: a buff created meanwhile
+    /// may never be announced (a missed message, a version key that could not be
+    /// bumped, a Redis that comes back from its snapshot with the old version).
     async fn current_generation(&self) -> Option<u64> {
         match &self.freshness {
-            Freshness::Bus(bus) if !bus.is_connected() => None,
+            Freshness::Bus(bus) if !bus.is_connected() => {
+                self.invalidate();
+                None
+            }
             Freshness::Bus(_) => Some(self.generation.load(Ordering::SeqCst)),
             Freshness::RedisVersion(cache) => {
                 let version = match cache.get(VERSION_KEY).await {
                     Ok(version) => version,
                     Err(error) => {
                         tracing::debug!(%error, "buff version unavailable; reading the database");
+                        self.invalidate();
                         return None;
                     }
                 };
@@ -146,5 +152,49 @@ impl ListCache {
                 Some(self.generation.load(Ordering::SeqCst))
             }
         }
+    }
+}
+
+/// The ids of buffs seen on the bus, the newest `ANNOUNCED_KEPT`. Ids are not
+/// announced in id order (buff 6 can commit, and go out, before buff 5), so a
+/// creator waits for its own id, not for any id as high.
+#[derive(Default)]
+struct Announced(BTreeSet<i64>);
+
+impl Announced {
+    /// Whether `id` is new.
+    fn insert(&mut self, id: i64) -> bool {
+        let new = self.0.insert(id);
+        if self.0.len() > ANNOUNCED_KEPT {
+            self.0.pop_first();
+        }
+        new
+    }
+
+    /// Seen, or older than everything kept (forgotten after thousands of newer ones).
+    fn contains(&self, id: i64) -> bool {
+        self.0.contains(&id)
+            || (self.0.len() == ANNOUNCED_KEPT && self.0.first().is_some_and(|first| id < *first))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_creator_waits_for_its_own_buff_not_a_later_one() {
+        let mut announced = Announced::default();
+        assert!(announced.insert(6));
+        assert!(!announced.contains(5), "buff 6 went out before buff 5");
+        assert!(announced.insert(5));
+        assert!(announced.contains(5) && announced.contains(6));
+        assert!(!announced.insert(5), "seen again");
+        for id in 100..(100 + ANNOUNCED_KEPT as i64) {
+            announced.insert(id);
+        }
+        assert_eq!(announced.0.len(), ANNOUNCED_KEPT, "bounded");
+        assert!(announced.contains(7), "forgotten, and older than all kept");
+        assert!(!announced.contains(100 + ANNOUNCED_KEPT as i64));
     }
 }

@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use crate::domain::{client_network, network_key};
 /// forgotten client starts with a full bucket, exactly as if remembered).
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// Clients the local limiter holds before it prunes at once instead of waiting.
+/// After such a prune it waits until the store has doubled again: a prune scans
+/// every bucket, and when most are busy (a flood from many networks) pruning on
+/// every check would cost O(clients) per post.
 const PRUNE_ABOVE: usize = 100_000;
 
 /// Redis token bucket. Time comes from Redis itself so instances with skewed
@@ -47,6 +51,11 @@ return wait
 #[derive(Clone)]
 pub struct RateLimiter {
     local: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// The store's size that triggers the next prune from `check`.
+    prune_at: Arc<AtomicUsize>,
+    /// Prunes run from `check` (for tests).
+    #[cfg(test)]
+    prunes: Arc<AtomicUsize>,
     shared: Option<(Cache, Arc<Script>)>,
     per_minute: u32,
     burst: u32,
@@ -63,9 +72,16 @@ impl RateLimiter {
         let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_minute(per_minute_nz).allow_burst(burst_nz);
         let local = Arc::new(governor::RateLimiter::keyed(quota));
-        tokio::spawn(prune_periodically(Arc::downgrade(&local)));
+        let prune_at = Arc::new(AtomicUsize::new(PRUNE_ABOVE));
+        tokio::spawn(prune_periodically(
+            Arc::downgrade(&local),
+            Arc::downgrade(&prune_at),
+        ));
         Self {
             local,
+            prune_at,
+            #[cfg(test)]
+            prunes: Arc::default(),
             shared: cache
                 .is_shared()
                 .then(|| (cache.clone(), Arc::new(Script::new(TOKEN_BUCKET)))),
@@ -103,8 +119,21 @@ impl RateLimiter {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
         });
-        if self.local.len() > PRUNE_ABOVE {
+        let size = self.local.len();
+        let prune_at = self.prune_at.load(Ordering::Relaxed);
+        // One caller prunes; the others go on.
+        if size > prune_at
+            && self
+                .prune_at
+                .compare_exchange(prune_at, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
             self.local.retain_recent();
+            #[cfg(test)]
+            self.prunes.fetch_add(1, Ordering::Relaxed);
+            let left = self.local.len();
+            self.prune_at
+                .store(PRUNE_ABOVE.max(left.saturating_mul(2)), Ordering::Relaxed);
         }
         verdict
     }
@@ -116,14 +145,29 @@ impl RateLimiter {
     }
 }
 
-async fn prune_periodically(local: Weak<DefaultKeyedRateLimiter<IpAddr>>) {
+async fn prune_periodically(
+    local: Weak<DefaultKeyedRateLimiter<IpAddr>>,
+    prune_at: Weak<AtomicUsize>,
+) {
     let mut every = tokio::time::interval(PRUNE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let Some(local) = local.upgrade() else { break };
+        let (Some(local), Some(prune_at)) = (local.upgrade(), prune_at.upgrade()) else {
+            break;
+        };
         local.retain_recent();
         local.shrink_to_fit();
+        // Unless `check` is pruning right now (it sets the threshold when done).
+        let threshold = prune_at.load(Ordering::Relaxed);
+        if threshold != usize::MAX {
+            let _ = prune_at.compare_exchange(
+                threshold,
+                PRUNE_ABOVE.max(local.len().saturating_mul(2)),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
     }
 }
 
@@ -179,5 +223,24 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         fast.local.retain_recent();
         assert_eq!(fast.local_clients(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_busy_clients_is_not_scanned_on_every_check() {
+        // No bucket refills during the test, so a prune frees nothing.
+        let limiter = RateLimiter::new(1, 5, 64, &Cache::Memory(MemoryCache::default()));
+        let clients = PRUNE_ABOVE + 2_000;
+        for i in 0..clients {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | ((i as u128) << 64),
+            ));
+            let _ = limiter.check(ip).await;
+        }
+        assert_eq!(limiter.local_clients(), clients);
+        let prunes = limiter.prunes.load(Ordering::Relaxed);
+        assert!(
+            prunes <= 1,
+            "{prunes} full scans of {clients} busy buckets for 2,000 checks"
+        );
     }
 }
