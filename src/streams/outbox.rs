@@ -98,10 +98,14 @@ impl<T: StreamItem> Outbox<T> {
             } else {
                 Ok(Round::Standby)
             };
-            // The backlog is a count over the table: after a round that caught up,
-            // but while full rounds follow each other, only every `POLL`.
-            let caught_up = !matches!(outcome, Ok(Round::Published { full: true }));
-            if caught_up || backlog_read.is_none_or(|at| at.elapsed() >= POLL) {
+            // A round that published everything it read leaves nothing behind (as
+            // of its read; later rows woke the relay again): no count needed. Else
+            // (standing by, failing, or working through a backlog) the count over
+            // the table, every `POLL` at most.
+            if matches!(outcome, Ok(Round::Published { full: false })) {
+                metrics.backlog.set(0);
+                backlog_read = Some(Instant::now());
+            } else if backlog_read.is_none_or(|at| at.elapsed() >= POLL) {
                 if let Ok(backlog) = self.backlog().await {
                     metrics.backlog.set(backlog);
                 }
@@ -149,28 +153,57 @@ impl<T: StreamItem> Outbox<T> {
     async fn relay_once(&self, bus: &Bus, metrics: &RelayMetrics) -> Result<Round, DbErr> {
         let backend = self.db.backend();
         if backend != DatabaseBackend::Postgres {
-            let (round, marked) = self
-                .publish_round(self.db.connection(), bus, metrics)
+            let connection = self.db.connection();
+            let rows = connection
+                .query_all_raw(statement(
+                    backend,
+                    &format!(
+                        "SELECT {} FROM {} WHERE published = FALSE ORDER BY id LIMIT $1",
+                        (self.table.columns)(backend),
+                        self.table.table
+                    ),
+                    vec![i64::from(BATCH).into()],
+                ))
                 .await?;
+            let (round, marked) = self.publish_round(connection, &rows, bus, metrics).await?;
             metrics.published.inc_by(marked);
             return Ok(round);
         }
+        // The lock and the read in one round trip, in front of the publishes: one
+        // row with `locked` false (another relay publishes), or `locked` true and
+        // the rows, or one row of NULLs when there are none. (`OFFSET 0` keeps the
+        // lock a subquery of its own, taken once, before the read.)
         let txn = self.db.connection().begin().await?;
-        let locked: bool = txn
-            .query_one_raw(statement(
+        let rows = txn
+            .query_all_raw(statement(
                 backend,
-                "SELECT pg_try_advisory_xact_lock($1) AS locked",
-                vec![self.table.lock_key.into()],
+                &format!(
+                    "SELECT relay.locked, batch.* \
+                     FROM (SELECT pg_try_advisory_xact_lock($1) AS locked OFFSET 0) AS relay \
+                     LEFT JOIN LATERAL (\
+                       SELECT {} FROM {} WHERE relay.locked AND published = FALSE \
+                       ORDER BY id LIMIT $2\
+                     ) AS batch ON TRUE",
+                    (self.table.columns)(backend),
+                    self.table.table
+                ),
+                vec![self.table.lock_key.into(), i64::from(BATCH).into()],
             ))
-            .await?
-            .map(|row| row.try_get("", "locked"))
-            .transpose()?
-            .unwrap_or(false);
+            .await?;
+        let locked = match rows.first() {
+            Some(row) => row.try_get::<bool>("", "locked")?,
+            None => false,
+        };
         if !locked {
             txn.rollback().await?;
             return Ok(Round::Standby);
         }
-        let (round, marked) = self.publish_round(&txn, bus, metrics).await?;
+        let none = match rows.as_slice() {
+            [only] => only.try_get::<Option<i64>>("", "id")?.is_none(),
+            _ => false,
+        };
+        let rows = if none { &[][..] } else { &rows[..] };
+        let (round, marked) = self.publish_round(&txn, rows, bus, metrics).await?;
         txn.commit().await?;
         metrics.published.inc_by(marked);
         Ok(round)
@@ -180,23 +213,11 @@ impl<T: StreamItem> Outbox<T> {
     async fn publish_round(
         &self,
         txn: &impl ConnectionTrait,
+        rows: &[QueryResult],
         bus: &Bus,
         metrics: &RelayMetrics,
     ) -> Result<(Round, u64), DbErr> {
         let backend = self.db.backend();
-        // `FALSE` written in, not bound: the plan follows the column's statistics
-        // (few unpublished rows: the index) even once PostgreSQL caches a generic plan.
-        let rows = txn
-            .query_all_raw(statement(
-                backend,
-                &format!(
-                    "SELECT {} FROM {} WHERE published = FALSE ORDER BY id LIMIT $1",
-                    (self.table.columns)(backend),
-                    self.table.table
-                ),
-                vec![i64::from(BATCH).into()],
-            ))
-            .await?;
         let full = rows.len() == BATCH as usize;
         let mut acked: Vec<i64> = Vec::with_capacity(rows.len());
         let mut stopped = false;
