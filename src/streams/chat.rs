@@ -139,22 +139,20 @@ impl MessageStore {
         Ok(message)
     }
 
-    /// Whether [`Self::insert_batch`] stores a batch in one statement (PostgreSQL);
-    /// SQLite serialises writers anyway and stores the posts one by one.
+    /// Whether [`Self::insert_batch`] is there: PostgreSQL. (SQLite serialises its
+    /// writers anyway; posts go one by one with [`Self::insert`].)
     pub fn batches(&self) -> bool {
         self.db.backend() == DatabaseBackend::Postgres
     }
 
-    /// Appends several posts, in one statement and one commit on PostgreSQL: all of
+    /// Appends several posts in one statement and one commit (PostgreSQL): all of
     /// them or none. Within a channel they are numbered in the order given. Returns
     /// their messages in that same order; when this returns, they are committed.
     pub async fn insert_batch(&self, posts: &[NewPost]) -> Result<Vec<ChatMessage>, DbErr> {
         if !self.batches() {
-            let mut messages = Vec::with_capacity(posts.len());
-            for post in posts {
-                messages.push(self.insert(&post.channel, &post.user, &post.text).await?);
-            }
-            return Ok(messages);
+            return Err(DbErr::Custom(
+                "storing posts in one statement needs PostgreSQL".into(),
+            ));
         }
         let channels: Vec<String> = posts
             .iter()

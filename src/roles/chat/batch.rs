@@ -81,20 +81,18 @@ impl PostBatcher {
         if self.queue.capacity() == self.queue.max_capacity()
             && let Ok(slot) = self.slots.clone().try_acquire_owned()
         {
-            self.metrics.statements.inc();
             let stored = self.insert_alone(&post).await;
             drop(slot);
             return stored;
         }
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { post, reply };
-        self.metrics.waiting.inc();
-        let queued = tokio::time::timeout(self.queue_timeout, self.queue.send(pending)).await;
-        if !matches!(queued, Ok(Ok(()))) {
-            self.metrics.waiting.dec();
-        }
-        match queued {
-            Ok(Ok(())) => {}
+        // Room first, then the post in one step: a request dropped while it waits
+        // for room (its client left) leaves no post behind and the gauge right.
+        match tokio::time::timeout(self.queue_timeout, self.queue.reserve()).await {
+            Ok(Ok(room)) => {
+                self.metrics.waiting.inc();
+                room.send(Pending { post, reply });
+            }
             Ok(Err(_)) => {
                 tracing::error!("the chat post batcher has stopped");
                 return Err(ApiError::internal());
@@ -112,6 +110,7 @@ impl PostBatcher {
     }
 
     async fn insert_alone(&self, post: &NewPost) -> Result<ChatMessage, ApiError> {
+        self.metrics.statements.inc();
         self.store
             .insert(&post.channel, &post.user, &post.text)
             .await
