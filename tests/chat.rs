@@ -560,3 +560,207 @@ async fn a_post_waits_for_its_channels_ordering_lock() {
     holder.rollback().await.expect("release");
     assert_eq!(waiting.await.expect("task"), 201);
 }
+
+/// Group commit: concurrent posts to two chat instances are stored in batches (one
+/// statement for many posts, several channels in one batch, and batches of two
+/// instances at once), and still every channel is 1, 2, 3, … in id order without a
+/// gap, every answer names the row it stored, that row is committed when the answer
+/// arrives, and every subscriber gets every message of its channel once, in order.
+#[tokio::test]
+async fn concurrent_posts_are_stored_in_batches_in_order_exactly_once() {
+    use futures_util::StreamExt;
+    use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, TransactionTrait};
+
+    const CHANNELS: [&str; 3] = ["batch-a", "batch-b", "batch-c"];
+    const POSTS: usize = 600;
+    /// Posts in flight at once (half to each instance).
+    const CONCURRENCY: usize = 64;
+    let pg = Postgres::start().await.expect("postgres");
+    let db_url = pg.create_database().await.expect("database");
+    let broker = Mosquitto::builder()
+        .users(broker_users())
+        .start()
+        .await
+        .expect("mosquitto");
+    let unlimited = "\n[chat]\nrate_per_minute = 1000000\nrate_burst = 100000\n";
+    let mut chats = Vec::new();
+    for _ in 0..2 {
+        chats.push(
+            spawn_roles(&config(&db_url, &broker, "chat", unlimited), &[Role::Chat])
+                .await
+                .expect("chat"),
+        );
+    }
+    let chats = std::sync::Arc::new(chats);
+    let broadcast = spawn_roles(
+        &config(&db_url, &broker, "broadcast", ""),
+        &[Role::Broadcast],
+    )
+    .await
+    .expect("broadcast");
+    wait_for_mqtt(&broadcast).await;
+    let mut subscribers = Vec::new();
+    for channel in CHANNELS {
+        subscribers.push(events(&broadcast, channel, None).await);
+    }
+    let db = sea_orm::Database::connect(&db_url).await.expect("connect");
+    let query = |sql: &str, values: Vec<sea_orm::Value>| {
+        Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
+    };
+
+    // Batches form for certain: with `batch-a`'s lock held, two posts to it take
+    // each instance's two slots, and the next posts queue until it is released.
+    let holder = db.begin().await.expect("begin");
+    holder
+        .execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('hubbub-chat:batch-a'))")
+        .await
+        .expect("lock");
+    let post_checked = {
+        let (chats, db) = (chats.clone(), db.clone());
+        move |n: usize, channel: &'static str| {
+            let (chats, db) = (chats.clone(), db.clone());
+            async move {
+                let text = format!("post {n}");
+                let response = post(&chats[n % 2], channel, "alice", &text).await;
+                assert_eq!(response.status(), 201, "post {n}");
+                let body: Value = response.json().await.expect("json");
+                let (id, seq) = (
+                    body["id"].as_i64().expect("id"),
+                    body["seq"].as_i64().expect("seq"),
+                );
+                assert_eq!(body["channel"], channel);
+                assert_eq!(body["text"], text.as_str());
+                // The moment the answer arrives, its row is there for anyone to read.
+                let row = db
+                    .query_one_raw(Statement::from_sql_and_values(
+                        DatabaseBackend::Postgres,
+                        "SELECT channel, seq, text FROM chat_messages WHERE id = $1",
+                        [id.into()],
+                    ))
+                    .await
+                    .expect("read")
+                    .unwrap_or_else(|| {
+                        panic!("post {n} answered (id {id}) before it was committed")
+                    });
+                let stored: (String, i64, String) = (
+                    row.try_get("", "channel").expect("channel"),
+                    row.try_get("", "seq").expect("seq"),
+                    row.try_get("", "text").expect("text"),
+                );
+                assert_eq!(
+                    stored,
+                    (channel.to_owned(), seq, text),
+                    "the answer names its own row"
+                );
+                (channel, id, seq)
+            }
+        }
+    };
+    let held: Vec<_> = (POSTS..POSTS + 4)
+        .map(|n| tokio::spawn(post_checked(n, "batch-a")))
+        .collect();
+    let waiting_for = |n: usize, sql: &'static str| {
+        let db = db.clone();
+        let chats = chats.clone();
+        async move {
+            for _ in 0..300 {
+                let count = if sql.is_empty() {
+                    let mut sum = 0.0;
+                    for chat in chats.iter() {
+                        sum += metric_value(&chat.metrics().await, "hubbub_chat_posts_waiting");
+                    }
+                    sum as usize
+                } else {
+                    let row = db
+                        .query_one_raw(Statement::from_string(DatabaseBackend::Postgres, sql))
+                        .await
+                        .expect("count")
+                        .expect("row");
+                    usize::try_from(row.try_get::<i64>("", "n").expect("n")).expect("count")
+                };
+                if count >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("never {n}: {sql}");
+        }
+    };
+    waiting_for(
+        4,
+        "SELECT COUNT(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+    )
+    .await;
+    let all = {
+        let post_checked = post_checked.clone();
+        tokio::spawn(
+            futures_util::stream::iter(0..POSTS)
+                .map(move |n| post_checked(n, CHANNELS[n % CHANNELS.len()]))
+                .buffer_unordered(CONCURRENCY)
+                .collect::<Vec<_>>(),
+        )
+    };
+    waiting_for(CONCURRENCY, "").await;
+    holder.rollback().await.expect("release");
+    let mut answers = all.await.expect("posts");
+    for post in held {
+        answers.push(post.await.expect("held post"));
+    }
+
+    let mut statements = 0.0;
+    for chat in chats.iter() {
+        statements += metric_value(&chat.metrics().await, "hubbub_chat_insert_statements_total");
+    }
+    assert!(
+        statements <= (answers.len() - CONCURRENCY + 4) as f64,
+        "the {CONCURRENCY} queued posts went in a few statements: {statements} for {}",
+        answers.len()
+    );
+    for (channel, subscriber) in CHANNELS.iter().zip(&mut subscribers) {
+        let rows = db
+            .query_all_raw(query(
+                "SELECT id, seq FROM chat_messages WHERE channel = $1 ORDER BY id",
+                vec![(*channel).into()],
+            ))
+            .await
+            .expect("rows");
+        let stored: Vec<(i64, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get("", "id").expect("id"),
+                    r.try_get("", "seq").expect("seq"),
+                )
+            })
+            .collect();
+        let seqs: Vec<i64> = stored.iter().map(|(_, seq)| *seq).collect();
+        let expected: Vec<i64> = (1..=stored.len() as i64).collect();
+        assert_eq!(
+            seqs, expected,
+            "{channel}: seq follows id order without a gap"
+        );
+        let mut answered: Vec<(i64, i64)> = answers
+            .iter()
+            .filter(|(c, ..)| c == channel)
+            .map(|(_, id, seq)| (*id, *seq))
+            .collect();
+        answered.sort_unstable();
+        assert_eq!(
+            answered, stored,
+            "{channel}: exactly the answered posts are stored"
+        );
+        let ids: Vec<i64> = stored.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            subscriber.ids(ids.len(), WAIT).await,
+            ids,
+            "{channel}: every message once, in order"
+        );
+        assert!(
+            subscriber
+                .next_message(Duration::from_millis(300))
+                .await
+                .is_none(),
+            "{channel}: no duplicates"
+        );
+    }
+}

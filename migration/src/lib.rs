@@ -11,6 +11,7 @@ mod m20261122_000003_create_buffs;
 mod m20261129_000004_chat_insert_function;
 mod m20261130_000005_stream_sequences;
 mod m20261201_000006_legacy_stream_writers;
+mod m20261202_000007_chat_insert_batch;
 
 /// Number of rows the visit totals are spread over, so concurrent visits by
 /// different visitors rarely contend on one row.
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000004_chat_insert_function::Migration),
             Box::new(m20261130_000005_stream_sequences::Migration),
             Box::new(m20261201_000006_legacy_stream_writers::Migration),
+            Box::new(m20261202_000007_chat_insert_batch::Migration),
         ]
     }
 }

@@ -1,6 +1,8 @@
 //! Chat channels as streams: append (under the channel's ordering lock), history,
 //! resume, and the outbox.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DbErr, QueryResult, Statement, TransactionTrait, Value,
@@ -45,6 +47,10 @@ impl StreamItem for ChatMessage {
 /// message gets the next `seq`, while the lock is held only for the statement.
 const INSERT_POSTGRES: &str = "hubbub_chat_insert($1, $2, $3, $4)";
 
+/// PostgreSQL: several posts, of one channel or many, in one call and one commit
+/// under the same locks (a function from migration 000007; group commit).
+const INSERT_BATCH_POSTGRES: &str = "hubbub_chat_insert_batch($1, $2, $3, $4)";
+
 const COLUMNS: &str = "id, seq, channel, user_name, text, sent_at";
 
 /// The outbox of chat messages.
@@ -64,6 +70,14 @@ fn row_to_message(row: &QueryResult) -> Result<ChatMessage, DbErr> {
         text: row.try_get("", "text")?,
         sent_at: row.try_get::<DateTime<Utc>>("", "sent_at")?,
     })
+}
+
+/// A post to store.
+#[derive(Debug, Clone)]
+pub struct NewPost {
+    pub channel: Channel,
+    pub user: UserName,
+    pub text: MessageText,
 }
 
 #[derive(Clone)]
@@ -123,6 +137,76 @@ impl MessageStore {
         let message = row_to_message(&row)?;
         txn.commit().await?;
         Ok(message)
+    }
+
+    /// Whether [`Self::insert_batch`] is there: PostgreSQL. (SQLite serialises its
+    /// writers anyway; posts go one by one with [`Self::insert`].)
+    pub fn batches(&self) -> bool {
+        self.db.backend() == DatabaseBackend::Postgres
+    }
+
+    /// Appends several posts in one statement and one commit (PostgreSQL): all of
+    /// them or none. Within a channel they are numbered in the order given. Returns
+    /// their messages in that same order; when this returns, they are committed.
+    pub async fn insert_batch(&self, posts: &[NewPost]) -> Result<Vec<ChatMessage>, DbErr> {
+        if !self.batches() {
+            return Err(DbErr::Custom(
+                "storing posts in one statement needs PostgreSQL".into(),
+            ));
+        }
+        let channels: Vec<String> = posts
+            .iter()
+            .map(|p| p.channel.as_str().to_owned())
+            .collect();
+        let users: Vec<String> = posts.iter().map(|p| p.user.as_str().to_owned()).collect();
+        let texts: Vec<String> = posts.iter().map(|p| p.text.as_str().to_owned()).collect();
+        let rows = self
+            .db
+            .connection()
+            .query_all_raw(self.statement(
+                &format!("SELECT {COLUMNS} FROM {INSERT_BATCH_POSTGRES}"),
+                vec![
+                    Value::from(channels),
+                    Value::from(users),
+                    Value::from(texts),
+                    now().into(),
+                ],
+            ))
+            .await?;
+        let mut stored = rows
+            .iter()
+            .map(row_to_message)
+            .collect::<Result<Vec<_>, _>>()?;
+        if stored.len() != posts.len() {
+            return Err(DbErr::Custom(format!(
+                "a batch of {} posts stored {} messages",
+                posts.len(),
+                stored.len()
+            )));
+        }
+        // The statement numbers each channel's posts in the order given: the k-th post
+        // of a channel in `posts` is that channel's k-th lowest `seq` in the result.
+        stored.sort_unstable_by(|a, b| (&a.channel, a.seq).cmp(&(&b.channel, b.seq)));
+        let mut by_channel: HashMap<String, std::vec::IntoIter<ChatMessage>> = HashMap::new();
+        let mut stored = stored.into_iter().peekable();
+        while let Some(first) = stored.next() {
+            let mut run = vec![first];
+            while let Some(next) = stored.next_if(|m| m.channel == run[0].channel) {
+                run.push(next);
+            }
+            by_channel.insert(run[0].channel.clone(), run.into_iter());
+        }
+        posts
+            .iter()
+            .map(|post| {
+                by_channel
+                    .get_mut(post.channel.as_str())
+                    .and_then(Iterator::next)
+                    .ok_or_else(|| {
+                        DbErr::RecordNotFound("a batched post is missing from the result".into())
+                    })
+            })
+            .collect()
     }
 
     /// Up to `limit` messages of `channel` older than `before`, oldest first.

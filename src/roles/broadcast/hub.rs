@@ -95,9 +95,14 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
-/// A new stream was asked for while `max_streams` are active on this instance.
+/// Why a client cannot join a stream.
 #[derive(Debug)]
-pub struct TooManyStreams;
+pub enum Refused {
+    /// A new stream was asked for while `max_streams` are active on this instance.
+    TooManyStreams,
+    /// The process is stopping.
+    ShuttingDown,
+}
 
 #[derive(Clone)]
 pub struct Hub {
@@ -120,16 +125,18 @@ impl Hub {
         max_streams: usize,
         shutdown: CancellationToken,
     ) -> Self {
-        Self {
+        let hub = Self {
             inner: Arc::new(Inner {
                 entries: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
                 streams,
                 metrics,
                 max_streams,
-                shutdown,
+                shutdown: shutdown.clone(),
             }),
-        }
+        };
+        tokio::spawn(close_on_shutdown(Arc::downgrade(&hub.inner), shutdown));
+        hub
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Entry>> {
@@ -141,13 +148,18 @@ impl Hub {
 
     /// Joins the stream, starting it when it has no client here yet, unless
     /// `max_streams` are active already.
-    pub fn subscribe(&self, key: &StreamKey) -> Result<Subscription, TooManyStreams> {
+    pub fn subscribe(&self, key: &StreamKey) -> Result<Subscription, Refused> {
         let mut entries = self.entries();
+        // Under the lock: `close_on_shutdown` clears the streams under it too, so no
+        // stream opened here outlives it.
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Refused::ShuttingDown);
+        }
         // The buffs stream is one and always allowed; it does not count.
         let chats = entries.len() - usize::from(entries.contains_key(&StreamKey::Buffs));
         if *key != StreamKey::Buffs && !entries.contains_key(key) && chats >= self.inner.max_streams
         {
-            return Err(TooManyStreams);
+            return Err(Refused::TooManyStreams);
         }
         let entry = entries.entry(key.clone()).or_insert_with(|| {
             let (sender, _) = broadcast::channel(CLIENT_BUFFER);
@@ -246,6 +258,23 @@ impl Drop for Subscription {
             self.hub.inner.metrics.streams.dec();
         }
     }
+}
+
+/// When the process stops, every stream ends: its entry goes (stopping its task),
+/// so both senders of its ring are gone and every client's body sees the end.
+/// Clients' bodies thus never watch the shutdown themselves: with 10,000 of them on
+/// one stream, each event made each of them lock the shutdown token's shared state
+/// (`perf`: the token's lock and waiter list among the broadcast role's top entries).
+async fn close_on_shutdown(inner: std::sync::Weak<Inner>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    let Some(inner) = inner.upgrade() else { return };
+    let closed = {
+        let mut entries = inner.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let closed = entries.len();
+        entries.clear();
+        closed
+    };
+    inner.metrics.streams.sub(closed as i64);
 }
 
 struct StreamTask {

@@ -25,7 +25,7 @@ use crate::storage::Database;
 use crate::streams::{self, PayloadError, StreamEvent, StreamKey, Streams};
 
 use feed::{Feed, FeedMetrics};
-use hub::{Hub, HubMetrics, TooManyStreams};
+use hub::{Hub, HubMetrics, Refused};
 
 const ROLE: &str = "broadcast";
 /// How long a new client waits for its stream's position (one database read).
@@ -167,13 +167,19 @@ impl Broadcast {
                 )?),
             };
         // Live first, then history: nothing published in between can fall in a gap.
-        let mut subscription = self.hub.subscribe(&key).map_err(|TooManyStreams| {
-            ApiError::new(
+        let mut subscription = self.hub.subscribe(&key).map_err(|refused| match refused {
+            Refused::TooManyStreams => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_streams",
                 "this instance serves as many streams as it may (broadcast.max_streams); try again later",
             )
-            .with_retry_after(5)
+            .with_retry_after(5),
+            Refused::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "this instance is stopping; try again",
+            )
+            .with_retry_after(1),
         })?;
         // The stream's task must know where the stream stands before the client
         // counts as connected: whatever is committed after the response starts is

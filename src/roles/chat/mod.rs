@@ -1,9 +1,11 @@
 //! Role `chat`: post messages (stored first, then relayed to the bus), read history,
 //! and the chat page.
 
+mod batch;
 mod rate_limit;
 
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use prometheus::IntCounter;
 use serde::Deserialize;
@@ -21,9 +23,10 @@ use crate::http::page::{self, Page, Section};
 use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
 use crate::storage::{Database, to_api_error};
-use crate::streams::chat::{self as store, ChatMessage, MessageStore};
+use crate::streams::chat::{self as store, ChatMessage, MessageStore, NewPost};
 use crate::streams::outbox::{Outbox, RelayMetrics};
 
+use batch::{BatchMetrics, PostBatcher};
 use rate_limit::RateLimiter;
 
 const ROLE: &str = "chat";
@@ -45,6 +48,7 @@ struct HistoryQuery {
 
 pub struct Chat {
     store: MessageStore,
+    batcher: PostBatcher,
     limiter: RateLimiter,
     outbox: Arc<Outbox<ChatMessage>>,
     posted: IntCounter,
@@ -79,8 +83,23 @@ impl Chat {
             shutdown,
         );
         let store = MessageStore::new(db);
+        let batcher = PostBatcher::start(
+            store.clone(),
+            Duration::from_millis(settings.database.acquire_timeout_ms),
+            BatchMetrics {
+                statements: metrics.counter(
+                    "hubbub_chat_insert_statements_total",
+                    "Statements that stored chat messages (messages posted / statements is the mean batch size)",
+                )?,
+                waiting: metrics.gauge(
+                    "hubbub_chat_posts_waiting",
+                    "Chat posts waiting for a batch to be stored (the database is busy with the previous ones)",
+                )?,
+            },
+        );
         Ok(Arc::new(Self {
             store,
+            batcher,
             limiter: RateLimiter::new(
                 settings.chat.rate_per_minute,
                 settings.chat.rate_burst,
@@ -165,10 +184,13 @@ impl Chat {
             .with_retry_after(retry_after));
         }
         let message = self
-            .store
-            .insert(&channel, &user, &text)
-            .await
-            .map_err(|e| to_api_error(e, "storing a chat message"))?;
+            .batcher
+            .insert(NewPost {
+                channel,
+                user,
+                text,
+            })
+            .await?;
         self.posted.inc();
         self.outbox.wake();
         Ok(
