@@ -154,59 +154,56 @@ impl<T: StreamItem> Outbox<T> {
         let backend = self.db.backend();
         if backend != DatabaseBackend::Postgres {
             let connection = self.db.connection();
-            let rows = connection
-                .query_all_raw(statement(
-                    backend,
-                    &format!(
-                        "SELECT {} FROM {} WHERE published = FALSE ORDER BY id LIMIT $1",
-                        (self.table.columns)(backend),
-                        self.table.table
-                    ),
-                    vec![i64::from(BATCH).into()],
-                ))
-                .await?;
+            let rows = self.unpublished(connection).await?;
             let (round, marked) = self.publish_round(connection, &rows, bus, metrics).await?;
             metrics.published.inc_by(marked);
             return Ok(round);
         }
-        // The lock and the read in one round trip, in front of the publishes: one
-        // row with `locked` false (another relay publishes), or `locked` true and
-        // the rows, or one row of NULLs when there are none. (`OFFSET 0` keeps the
-        // lock a subquery of its own, taken once, before the read.)
         let txn = self.db.connection().begin().await?;
-        let rows = txn
-            .query_all_raw(statement(
+        let locked: bool = txn
+            .query_one_raw(statement(
                 backend,
-                &format!(
-                    "SELECT relay.locked, batch.* \
-                     FROM (SELECT pg_try_advisory_xact_lock($1) AS locked OFFSET 0) AS relay \
-                     LEFT JOIN LATERAL (\
-                       SELECT {} FROM {} WHERE relay.locked AND published = FALSE \
-                       ORDER BY id LIMIT $2\
-                     ) AS batch ON TRUE",
-                    (self.table.columns)(backend),
-                    self.table.table
-                ),
-                vec![self.table.lock_key.into(), i64::from(BATCH).into()],
+                "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                vec![self.table.lock_key.into()],
             ))
-            .await?;
-        let locked = match rows.first() {
-            Some(row) => row.try_get::<bool>("", "locked")?,
-            None => false,
-        };
+            .await?
+            .map(|row| row.try_get("", "locked"))
+            .transpose()?
+            .unwrap_or(false);
         if !locked {
             txn.rollback().await?;
             return Ok(Round::Standby);
         }
-        let none = match rows.as_slice() {
-            [only] => only.try_get::<Option<i64>>("", "id")?.is_none(),
-            _ => false,
-        };
-        let rows = if none { &[][..] } else { &rows[..] };
-        let (round, marked) = self.publish_round(&txn, rows, bus, metrics).await?;
+        // A statement of its own after the lock: its snapshot then holds everything
+        // the previous relay committed before letting go of the lock. (Read in the
+        // statement that takes the lock, the snapshot predates the lock, and rows
+        // that relay just published would be published again.)
+        let rows = self.unpublished(&txn).await?;
+        let (round, marked) = self.publish_round(&txn, &rows, bus, metrics).await?;
         txn.commit().await?;
         metrics.published.inc_by(marked);
         Ok(round)
+    }
+
+    /// The oldest unpublished rows, a batch at most. `FALSE` written in, not bound:
+    /// the plan follows the column's statistics (few unpublished rows: the index)
+    /// even once PostgreSQL caches a generic plan.
+    async fn unpublished(
+        &self,
+        connection: &impl ConnectionTrait,
+    ) -> Result<Vec<QueryResult>, DbErr> {
+        let backend = self.db.backend();
+        connection
+            .query_all_raw(statement(
+                backend,
+                &format!(
+                    "SELECT {} FROM {} WHERE published = FALSE ORDER BY id LIMIT $1",
+                    (self.table.columns)(backend),
+                    self.table.table
+                ),
+                vec![i64::from(BATCH).into()],
+            ))
+            .await
     }
 
     /// One batch: publish, then mark the acknowledged prefix (how many it marked).
