@@ -218,6 +218,20 @@ impl Database {
         .await
     }
 
+    /// For unit tests: a SQLite database of its own in a temporary state
+    /// directory (kept while the returned directory lives), not yet migrated.
+    #[cfg(test)]
+    pub(crate) async fn scratch() -> (tempfile::TempDir, Self) {
+        let state = tempfile::tempdir().expect("tempdir");
+        let env = Environment {
+            state_directory: Some(state.path().to_path_buf()),
+            ..Environment::default()
+        };
+        let settings = Settings::from_toml("", &env).expect("settings");
+        let db = Self::connect(&settings, &env).await.expect("sqlite");
+        (state, db)
+    }
+
     pub fn connection(&self) -> &DatabaseConnection {
         &self.connection
     }
@@ -387,13 +401,7 @@ mod tests {
     /// must succeed, or the rollback leaves the roles down.
     #[tokio::test]
     async fn a_database_migrated_by_a_newer_release_is_left_as_it_is() {
-        let state = tempfile::tempdir().expect("tempdir");
-        let env = Environment {
-            state_directory: Some(state.path().to_path_buf()),
-            ..Environment::default()
-        };
-        let settings = Settings::from_toml("", &env).expect("settings");
-        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        let (_state, db) = Database::scratch().await;
         db.migrate().await.expect("first migration");
         db.connection()
             .execute_unprepared(

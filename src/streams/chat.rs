@@ -288,20 +288,13 @@ mod tests {
     use migration::{Migrator, MigratorTrait};
 
     use super::*;
-    use crate::configuration::{Environment, Settings};
 
     /// Migration 000005 numbers the messages already stored, per channel, in id
     /// order, in time linear in the table (it was quadratic on SQLite: 12 s for
     /// these 20,000 messages of one channel, 20 minutes for 200,000).
     #[tokio::test]
     async fn existing_messages_are_numbered_per_channel_in_one_pass() {
-        let state = tempfile::tempdir().expect("tempdir");
-        let env = Environment {
-            state_directory: Some(state.path().to_path_buf()),
-            ..Environment::default()
-        };
-        let settings = Settings::from_toml("", &env).expect("settings");
-        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        let (_state, db) = Database::scratch().await;
         Migrator::up(db.connection(), Some(4))
             .await
             .expect("migrations before 000005");

@@ -33,6 +33,19 @@ pub struct FeedMetrics {
     pub catchups: IntCounter,
 }
 
+#[cfg(test)]
+impl FeedMetrics {
+    /// Unregistered metrics, for unit tests.
+    pub(crate) fn unregistered() -> Self {
+        Self {
+            clients: IntGauge::new("clients", "clients").expect("gauge"),
+            events: IntCounter::new("events", "events").expect("counter"),
+            slow_disconnects: IntCounter::new("slow", "slow").expect("counter"),
+            catchups: IntCounter::new("catchups", "catchups").expect("counter"),
+        }
+    }
+}
+
 enum Phase {
     Start,
     History,
@@ -240,7 +253,6 @@ impl<S: Stream> Stream for SyncStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::configuration::{Environment, Settings};
     use crate::domain::{Channel, MessageText, UserName};
     use crate::roles::broadcast::hub::{Hub, HubMetrics, Refused};
     use crate::storage::Database;
@@ -261,22 +273,12 @@ mod tests {
     /// off (before, it was disconnected and had to reconnect and resume).
     #[tokio::test]
     async fn a_client_behind_by_more_than_the_ring_catches_up_connected() {
-        let state = tempfile::tempdir().expect("tempdir");
-        let env = Environment {
-            state_directory: Some(state.path().to_path_buf()),
-            ..Environment::default()
-        };
-        let settings = Settings::from_toml("", &env).expect("settings");
-        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        let (_state, db) = Database::scratch().await;
         db.migrate().await.expect("migrate");
         let streams = Streams::new(db.clone());
         let hub = Hub::new(
             streams.clone(),
-            HubMetrics {
-                streams: IntGauge::new("streams", "streams").expect("gauge"),
-                gaps: IntCounter::new("gaps", "gaps").expect("counter"),
-                backfills: IntCounter::new("backfills", "backfills").expect("counter"),
-            },
+            HubMetrics::unregistered(),
             1000,
             CancellationToken::new(),
         );
@@ -294,12 +296,7 @@ mod tests {
                 .expect("insert");
             StreamEvent::encode(&message).expect("encode")
         };
-        let metrics = Arc::new(FeedMetrics {
-            clients: IntGauge::new("clients", "clients").expect("gauge"),
-            events: IntCounter::new("events", "events").expect("counter"),
-            slow_disconnects: IntCounter::new("slow", "slow").expect("counter"),
-            catchups: IntCounter::new("catchups", "catchups").expect("counter"),
-        });
+        let metrics = Arc::new(FeedMetrics::unregistered());
         let mut subscription = hub.subscribe(&key).expect("subscribe");
         subscription.ready().await;
         let mut feed = Feed::new(
@@ -348,13 +345,7 @@ mod tests {
     /// joins a stream.
     #[tokio::test]
     async fn live_bodies_end_when_the_process_stops() {
-        let state = tempfile::tempdir().expect("tempdir");
-        let env = Environment {
-            state_directory: Some(state.path().to_path_buf()),
-            ..Environment::default()
-        };
-        let settings = Settings::from_toml("", &env).expect("settings");
-        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        let (_state, db) = Database::scratch().await;
         db.migrate().await.expect("migrate");
         let streams = Streams::new(db);
         let shutdown = CancellationToken::new();
@@ -369,12 +360,7 @@ mod tests {
             1000,
             shutdown.clone(),
         );
-        let metrics = Arc::new(FeedMetrics {
-            clients: IntGauge::new("clients", "clients").expect("gauge"),
-            events: IntCounter::new("events", "events").expect("counter"),
-            slow_disconnects: IntCounter::new("slow", "slow").expect("counter"),
-            catchups: IntCounter::new("catchups", "catchups").expect("counter"),
-        });
+        let metrics = Arc::new(FeedMetrics::unregistered());
         let key = StreamKey::Chat(Channel::parse("stopping").expect("channel"));
         let mut feeds = Vec::new();
         for _ in 0..2 {
@@ -408,31 +394,16 @@ mod tests {
     /// last write (not from the timer's first setting).
     #[tokio::test]
     async fn a_keepalive_follows_the_last_write_by_the_interval() {
-        let state = tempfile::tempdir().expect("tempdir");
-        let env = Environment {
-            state_directory: Some(state.path().to_path_buf()),
-            ..Environment::default()
-        };
-        let settings = Settings::from_toml("", &env).expect("settings");
-        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        let (_state, db) = Database::scratch().await;
         db.migrate().await.expect("migrate");
         let streams = Streams::new(db.clone());
         let hub = Hub::new(
             streams.clone(),
-            HubMetrics {
-                streams: IntGauge::new("streams", "streams").expect("gauge"),
-                gaps: IntCounter::new("gaps", "gaps").expect("counter"),
-                backfills: IntCounter::new("backfills", "backfills").expect("counter"),
-            },
+            HubMetrics::unregistered(),
             1000,
             CancellationToken::new(),
         );
-        let metrics = Arc::new(FeedMetrics {
-            clients: IntGauge::new("clients", "clients").expect("gauge"),
-            events: IntCounter::new("events", "events").expect("counter"),
-            slow_disconnects: IntCounter::new("slow", "slow").expect("counter"),
-            catchups: IntCounter::new("catchups", "catchups").expect("counter"),
-        });
+        let metrics = Arc::new(FeedMetrics::unregistered());
         let channel = Channel::parse("quiet").expect("channel");
         let key = StreamKey::Chat(channel.clone());
         let mut subscription = hub.subscribe(&key).expect("subscribe");

@@ -58,6 +58,18 @@ pub struct HubMetrics {
     pub backfills: IntCounter,
 }
 
+#[cfg(test)]
+impl HubMetrics {
+    /// Unregistered metrics, for unit tests.
+    pub(crate) fn unregistered() -> Self {
+        Self {
+            streams: IntGauge::new("streams", "streams").expect("gauge"),
+            gaps: IntCounter::new("gaps", "gaps").expect("counter"),
+            backfills: IntCounter::new("backfills", "backfills").expect("counter"),
+        }
+    }
+}
+
 enum Input {
     Live(StreamEvent),
     Resync,
@@ -403,7 +415,6 @@ mod tests {
     use sea_orm::ConnectionTrait;
 
     use super::*;
-    use crate::configuration::{Environment, Settings};
     use crate::domain::{Channel, MessageText, UserName};
     use crate::storage::Database;
     use crate::streams::chat::MessageStore;
@@ -424,13 +435,7 @@ mod tests {
     }
 
     async fn fixture_with(max_streams: usize) -> Fixture {
-        let state = tempfile::tempdir().expect("tempdir");
-        let env = Environment {
-            state_directory: Some(state.path().to_path_buf()),
-            ..Environment::default()
-        };
-        let settings = Settings::from_toml("", &env).expect("settings");
-        let db = Database::connect(&settings, &env).await.expect("sqlite");
+        let (state, db) = Database::scratch().await;
         db.migrate().await.expect("migrate");
         let gaps = IntCounter::new("gaps", "gaps").expect("counter");
         let hub = Hub::new(
