@@ -44,6 +44,18 @@ async fn wait_until(what: &str, limit: Duration, mut ready: impl AsyncFnMut() ->
     }
 }
 
+/// A broadcast instance on `db_url` and `broker`, once it is ready.
+async fn ready_broadcast(db_url: &str, broker: &Mosquitto) -> TestApp {
+    let broadcast = spawn_roles(&config(db_url, broker, "broadcast"), &[Role::Broadcast])
+        .await
+        .expect("broadcast");
+    wait_until("broadcast ready", Duration::from_secs(20), async || {
+        ready(&broadcast).await
+    })
+    .await;
+    broadcast
+}
+
 async fn ready(app: &TestApp) -> bool {
     app.get("/readyz").await.status() == 200
 }
@@ -176,13 +188,7 @@ async fn broker_killed_three_times_while_posting_loses_nothing_and_recovers_at_o
     let chat = spawn_roles(&config(&db_url, &broker, "chat"), &[Role::Chat])
         .await
         .expect("chat");
-    let broadcast = spawn_roles(&config(&db_url, &broker, "broadcast"), &[Role::Broadcast])
-        .await
-        .expect("broadcast");
-    wait_until("broadcast ready", Duration::from_secs(20), async || {
-        ready(&broadcast).await
-    })
-    .await;
+    let broadcast = ready_broadcast(&db_url, &broker).await;
     let viewer = Viewer::start(broadcast.url("/api/chat/faults/events")).await;
     let url = chat.url("/api/chat/faults/messages");
 
@@ -283,13 +289,7 @@ async fn concurrent_buff_creators_never_make_a_viewer_miss_a_buff() {
     let buffs = spawn_roles(&config(&db_url, &broker, "buffs"), &[Role::Buffs])
         .await
         .expect("buffs");
-    let broadcast = spawn_roles(&config(&db_url, &broker, "broadcast"), &[Role::Broadcast])
-        .await
-        .expect("broadcast");
-    wait_until("broadcast ready", Duration::from_secs(20), async || {
-        ready(&broadcast).await
-    })
-    .await;
+    let broadcast = ready_broadcast(&db_url, &broker).await;
     let events = broadcast.url("/api/buffs/events");
     let live = Viewer::start(events.clone()).await;
     // A second viewer drops its connection every 20 buffs and resumes with
@@ -390,13 +390,7 @@ async fn buffs_inserted_by_the_previous_release_keep_the_stream_whole() {
     let buffs = spawn_roles(&config(&db_url, &broker, "buffs"), &[Role::Buffs])
         .await
         .expect("buffs");
-    let broadcast = spawn_roles(&config(&db_url, &broker, "broadcast"), &[Role::Broadcast])
-        .await
-        .expect("broadcast");
-    wait_until("broadcast ready", Duration::from_secs(20), async || {
-        ready(&broadcast).await
-    })
-    .await;
+    let broadcast = ready_broadcast(&db_url, &broker).await;
     let viewer = Viewer::start(broadcast.url("/api/buffs/events")).await;
     let old_release = sea_orm::Database::connect(db_url.as_str())
         .await
