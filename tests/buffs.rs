@@ -180,17 +180,23 @@ async fn bad_buffs_are_refused_naming_the_field_and_only_after_auth() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_new_buff_is_visible_on_every_instance_at_once_and_redis_outage_degrades() {
+/// Two buffs instances on one PostgreSQL database and one Redis, no bus.
+async fn two_instances_sharing_redis() -> (Postgres, Redis, TestApp, TestApp) {
     let pg = Postgres::start().await.expect("postgres");
     let db_url = pg.create_database().await.expect("db");
-    let mut redis = Redis::start(Some("rpw")).await.expect("redis");
+    let redis = Redis::start(Some("rpw")).await.expect("redis");
     let toml = format!(
         "[database]\nurl = \"{db_url}\"\n[redis]\nurl = \"{}\"\n[buffs]\n{TOKENS}\ncache_ttl_secs = 300\n",
         redis.url()
     );
     let a = spawn_roles(&toml, &[Role::Buffs]).await.expect("a");
     let b = spawn_roles(&toml, &[Role::Buffs]).await.expect("b");
+    (pg, redis, a, b)
+}
+
+#[tokio::test]
+async fn a_new_buff_is_visible_on_every_instance_at_once_and_redis_outage_degrades() {
+    let (_pg, mut redis, a, b) = two_instances_sharing_redis().await;
     assert!(ids(&b, "/api/buffs").await.is_empty());
     assert!(ids(&b, "/api/buffs").await.is_empty());
     assert_eq!(
@@ -237,15 +243,7 @@ async fn a_new_buff_is_visible_on_every_instance_at_once_and_redis_outage_degrad
 /// snapshot) with the version the page was cached under.
 #[tokio::test]
 async fn pages_cached_before_a_redis_outage_are_not_served_after_it() {
-    let pg = Postgres::start().await.expect("postgres");
-    let db_url = pg.create_database().await.expect("db");
-    let mut redis = Redis::start(Some("rpw")).await.expect("redis");
-    let toml = format!(
-        "[database]\nurl = \"{db_url}\"\n[redis]\nurl = \"{}\"\n[buffs]\n{TOKENS}\ncache_ttl_secs = 300\n",
-        redis.url()
-    );
-    let a = spawn_roles(&toml, &[Role::Buffs]).await.expect("a");
-    let b = spawn_roles(&toml, &[Role::Buffs]).await.expect("b");
+    let (_pg, mut redis, a, b) = two_instances_sharing_redis().await;
     let first: Value = create(&a, "/api/buffs", Some("first-token"), &quiz("before?"))
         .await
         .json()

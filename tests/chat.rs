@@ -521,11 +521,14 @@ async fn demo_page_uses_only_same_origin_paths() {
     app.stop().await;
 }
 
-/// On PostgreSQL, posts to one channel take the channel's ordering lock (ids commit in
-/// id order, which lets a client resuming with `Last-Event-ID` skip nothing): while
-/// another session holds it, a post waits; other channels do not.
-#[tokio::test]
-async fn a_post_waits_for_its_channels_ordering_lock() {
+/// A chat instance on PostgreSQL, and another session holding the ordering lock of
+/// channel `held` until the returned transaction ends.
+async fn chat_with_channel_held() -> (
+    Postgres,
+    TestApp,
+    sea_orm::DatabaseConnection,
+    sea_orm::DatabaseTransaction,
+) {
     use sea_orm::{ConnectionTrait, TransactionTrait};
 
     let pg = Postgres::start().await.expect("postgres");
@@ -541,6 +544,15 @@ async fn a_post_waits_for_its_channels_ordering_lock() {
         .execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('hubbub-chat:held'))")
         .await
         .expect("lock");
+    (pg, chat, db, holder)
+}
+
+/// On PostgreSQL, posts to one channel take the channel's ordering lock (ids commit in
+/// id order, which lets a client resuming with `Last-Event-ID` skip nothing): while
+/// another session holds it, a post waits; other channels do not.
+#[tokio::test]
+async fn a_post_waits_for_its_channels_ordering_lock() {
+    let (_pg, chat, _db, holder) = chat_with_channel_held().await;
     let waiting = {
         let (client, url) = (chat.client.clone(), chat.url("/api/chat/held/messages"));
         tokio::spawn(async move {
@@ -776,21 +788,7 @@ async fn concurrent_posts_are_stored_in_batches_in_order_exactly_once() {
 #[tokio::test]
 #[ignore = "open defect: a held channel lock stalls every channel of a chat instance (review rp13)"]
 async fn a_held_channel_does_not_hold_up_other_channels() {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
-
-    let pg = Postgres::start().await.expect("postgres");
-    let db_url = pg.create_database().await.expect("database");
-    let chat = spawn_app(&format!(
-        "[database]\nurl = \"{db_url}\"\n\n[visitors]\nsalt = \"s\"\n"
-    ))
-    .await
-    .expect("chat");
-    let db = sea_orm::Database::connect(&db_url).await.expect("connect");
-    let holder = db.begin().await.expect("begin");
-    holder
-        .execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('hubbub-chat:held'))")
-        .await
-        .expect("lock");
+    let (_pg, chat, _db, holder) = chat_with_channel_held().await;
     let mut waiting = Vec::new();
     for n in 0..3 {
         let (client, url) = (chat.client.clone(), chat.url("/api/chat/held/messages"));
