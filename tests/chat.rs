@@ -534,7 +534,8 @@ async fn chat_with_channel_held() -> (
     let pg = Postgres::start().await.expect("postgres");
     let db_url = pg.create_database().await.expect("database");
     let chat = spawn_app(&format!(
-        "[database]\nurl = \"{db_url}\"\n\n[visitors]\nsalt = \"s\"\n"
+        "[database]\nurl = \"{db_url}\"\n\n[visitors]\nsalt = \"s\"\n\n\
+         [chat]\nrate_per_minute = 1000000\nrate_burst = 100000\n"
     ))
     .await
     .expect("chat");
@@ -620,8 +621,9 @@ async fn concurrent_posts_are_stored_in_batches_in_order_exactly_once() {
         Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
     };
 
-    // Batches form for certain: with `batch-a`'s lock held, two posts to it take
-    // each instance's two slots, and the next posts queue until it is released.
+    // Batches form for certain: with `batch-a`'s lock held, a post to it holds one
+    // slot of each instance (a channel is in one statement at a time), and its next
+    // posts queue until it is released; the other channels go on meanwhile.
     let holder = db.begin().await.expect("begin");
     holder
         .execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('hubbub-chat:batch-a'))")
@@ -699,7 +701,7 @@ async fn concurrent_posts_are_stored_in_batches_in_order_exactly_once() {
         }
     };
     waiting_for(
-        4,
+        2,
         "SELECT COUNT(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
     )
     .await;
@@ -781,12 +783,11 @@ async fn concurrent_posts_are_stored_in_batches_in_order_exactly_once() {
 /// (posts to it wait), posts to other channels still go through, however many posts
 /// wait for the held one.
 ///
-/// Fails since group commit (c4a4e40): the first two posts to the held channel take
-/// both batch slots (`MAX_IN_FLIGHT`, fast path) and the next batch mixes the held
-/// channel with the free one, so every channel of the instance waits for the lock.
-/// A reproducer for the open defect, not part of CI until it is fixed.
+/// Failed from group commit (c4a4e40) until a channel was kept to one statement at
+/// a time: the first two posts to the held channel took both batch slots (fast
+/// path) and the next batch mixed the held channel with the free one, so every
+/// channel of the instance waited for the lock.
 #[tokio::test]
-#[ignore = "open defect: a held channel lock stalls every channel of a chat instance (review rp13)"]
 async fn a_held_channel_does_not_hold_up_other_channels() {
     let (_pg, chat, _db, holder) = chat_with_channel_held().await;
     let mut waiting = Vec::new();
@@ -814,4 +815,79 @@ async fn a_held_channel_does_not_hold_up_other_channels() {
     for post in waiting {
         assert_eq!(post.await.expect("task"), 201);
     }
+}
+
+/// A channel whose posts cannot be stored (its lock held elsewhere) gets a bounded
+/// backlog: past it, its own posts are refused at once with 503 and a body naming
+/// the channel, while other channels are still served; the backlog is stored once
+/// the lock is released.
+#[tokio::test]
+async fn a_held_channels_backlog_is_bounded_and_only_it_is_refused() {
+    const POSTS: usize = 400;
+    let (_pg, chat, db, holder) = chat_with_channel_held().await;
+    let mut posts = Vec::new();
+    for n in 0..POSTS {
+        let (client, url) = (chat.client.clone(), chat.url("/api/chat/held/messages"));
+        posts.push(tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .json(&json!({"user": "alice", "text": format!("post {n}")}))
+                .send()
+                .await
+                .expect("post");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        }));
+    }
+    // Refusals come while the lock is still held.
+    let mut refused = 0;
+    for _ in 0..100 {
+        refused = posts.iter().filter(|p| p.is_finished()).count();
+        if refused >= POSTS - 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "no post to the held channel was refused");
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(&chat, "free", "bob", "goes through"),
+    )
+    .await
+    .expect("another channel is served while the held one is full");
+    assert_eq!(other.status(), 201);
+    holder.rollback().await.expect("release");
+    let mut stored = 0;
+    for post in posts {
+        let (status, body) = post.await.expect("task");
+        match status {
+            201 => stored += 1,
+            503 => {
+                assert_eq!(body["error"], "channel_busy", "{body}");
+                assert!(
+                    body["message"].as_str().unwrap_or("").contains("held"),
+                    "{body}"
+                );
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert!(
+        stored > 0 && stored < POSTS,
+        "{stored} of {POSTS} stored: some wait, the rest are refused"
+    );
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM chat_messages WHERE channel = 'held'",
+        ))
+        .await
+        .expect("count")
+        .expect("row");
+    assert_eq!(
+        row.try_get::<i64>("", "n").expect("n"),
+        stored as i64,
+        "every post answered 201 is stored, and no refused one"
+    );
 }
