@@ -696,13 +696,15 @@ async fn stop_nchan(dir: &Path, mut master: tokio::process::Child) -> anyhow::Re
 
 fn latency_row(name: &str, r: &Value) -> String {
     format!(
-        "| {name} | {} | {}/{} | {} / {} / {} ms | {} | {:.1} KiB | {} |",
+        "| {name} | {} | {}/{} | {} / {} / {} ms | {} / {} ms | {} | {:.1} KiB | {} |",
         r["subscribers"],
         r["deliveries"],
         r["deliveries_expected"],
         r["latency_ms"]["p50"],
         r["latency_ms"]["p99"],
         r["latency_ms"]["max"],
+        r["first_delivery_ms"]["p50"],
+        r["first_delivery_ms"]["p99"],
         r["delivered_per_sec"],
         r["rss_kb_per_connection"].as_f64().unwrap_or(0.0),
         r["subscribers_broken"],
@@ -740,7 +742,7 @@ async fn fanout(stack: &mut Stack) -> anyhow::Result<()> {
 
     println!("## SSE fan-out: {subscribers} subscribers, {messages} messages at 10/s\n");
     println!(
-        "| server | subscribers | deliveries | latency p50 / p99 / max | delivered/s | RSS per connection | broken |\n|---|---|---|---|---|---|---|"
+        "| server | subscribers | deliveries | latency p50 / p99 / max | first delivery p50 / p99 | delivered/s | RSS per connection | broken |\n|---|---|---|---|---|---|---|---|"
     );
     println!(
         "{}",
@@ -814,7 +816,7 @@ async fn chat(stack: &mut Stack) -> anyhow::Result<()> {
         "## Chat end to end: POST → PostgreSQL → MQTT → SSE, {subscribers} subscribers, {messages} messages\n"
     );
     println!(
-        "| server | subscribers | deliveries | latency p50 / p99 / max | delivered/s | RSS per connection | broken |\n|---|---|---|---|---|---|---|"
+        "| server | subscribers | deliveries | latency p50 / p99 / max | first delivery p50 / p99 | delivered/s | RSS per connection | broken |\n|---|---|---|---|---|---|---|---|"
     );
     println!(
         "{}",

@@ -67,6 +67,8 @@ fn channel_url(template: &str, channel: usize) -> String {
 struct Seen {
     warm: bool,
     latencies_us: Vec<u32>,
+    /// The message number (`n=`) of each latency.
+    messages: Vec<u32>,
     last_at: Option<Instant>,
 }
 
@@ -171,17 +173,25 @@ async fn main() -> anyhow::Result<()> {
     let mut duplicated = 0;
     let mut last_delivery = publishing;
     let mut expected_deliveries = 0;
+    // Each message's first delivery: the path in front of the fan-out, under load.
+    let mut first_us: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
     for (i, slot) in seen.iter().enumerate() {
         let seen = slot.lock().await;
         expected_deliveries += expected_for(i);
         complete += usize::from(seen.latencies_us.len() == expected_for(i));
         duplicated += usize::from(seen.latencies_us.len() > expected_for(i));
         latencies.extend_from_slice(&seen.latencies_us);
+        for (message, latency) in seen.messages.iter().zip(&seen.latencies_us) {
+            let first = first_us.entry(*message).or_insert(u32::MAX);
+            *first = (*first).min(*latency);
+        }
         if let Some(at) = seen.last_at {
             last_delivery = last_delivery.max(at);
         }
     }
     latencies.sort_unstable();
+    let mut first: Vec<u32> = first_us.into_values().collect();
+    first.sort_unstable();
     let delivered = latencies.len();
     let delivery_secs = last_delivery.duration_since(publishing).as_secs_f64();
     let per_connection_kb =
@@ -204,6 +214,10 @@ async fn main() -> anyhow::Result<()> {
             "p50": percentile_ms(&latencies, 0.50),
             "p99": percentile_ms(&latencies, 0.99),
             "max": percentile_ms(&latencies, 1.0),
+        },
+        "first_delivery_ms": {
+            "p50": percentile_ms(&first, 0.50),
+            "p99": percentile_ms(&first, 0.99),
         },
         "rss_kb": {"idle": rss_idle_kb, "connected": rss_connected_kb},
         "rss_kb_per_connection": round(per_connection_kb),
@@ -258,6 +272,7 @@ async fn subscribe(
                     let latency = now.as_nanos().saturating_sub(sent_ns) / 1000;
                     seen.latencies_us
                         .push(u32::try_from(latency).unwrap_or(u32::MAX));
+                    seen.messages.push(number(&event).unwrap_or(u32::MAX));
                     seen.last_at = Some(at);
                 }
             }
@@ -357,6 +372,19 @@ fn content_type(args: &Args) -> &'static str {
         Format::Chat => "application/json",
         Format::Raw => "text/plain",
     }
+}
+
+/// The message number after ` n=` in an event.
+fn number(event: &[u8]) -> Option<u32> {
+    let start = event.windows(3).position(|w| w == b" n=")? + 3;
+    let digits = event[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&event[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The nanoseconds after `ts=` in an event.
