@@ -12,6 +12,7 @@ mod m20261129_000004_chat_insert_function;
 mod m20261130_000005_stream_sequences;
 mod m20261201_000006_legacy_stream_writers;
 mod m20261202_000007_chat_insert_batch;
+mod m20261203_000008_chat_insert_batch_bounded;
 
 /// Number of rows the visit totals are spread over, so concurrent visits by
 /// different visitors rarely contend on one row.
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_stream_sequences::Migration),
             Box::new(m20261201_000006_legacy_stream_writers::Migration),
             Box::new(m20261202_000007_chat_insert_batch::Migration),
+            Box::new(m20261203_000008_chat_insert_batch_bounded::Migration),
         ]
     }
 }

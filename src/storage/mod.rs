@@ -358,26 +358,36 @@ pub fn to_api_error(error: DbErr, context: &'static str) -> ApiError {
 }
 
 fn is_connection_failure(error: &DbErr) -> bool {
-    use sea_orm::RuntimeErr;
-    let runtime = match error {
-        DbErr::Exec(e) | DbErr::Query(e) => e,
-        _ => return false,
+    let Some(e) = sqlx_error(error) else {
+        return false;
     };
-    match runtime {
-        RuntimeErr::SqlxError(e) => {
-            matches!(
-                e.as_ref(),
-                sea_orm::sqlx::Error::Io(_)
-                    | sea_orm::sqlx::Error::PoolTimedOut
-                    | sea_orm::sqlx::Error::PoolClosed
-                    | sea_orm::sqlx::Error::WorkerCrashed
-            ) || e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
-        }
-        _ => false,
+    matches!(
+        e,
+        sea_orm::sqlx::Error::Io(_)
+            | sea_orm::sqlx::Error::PoolTimedOut
+            | sea_orm::sqlx::Error::PoolClosed
+            | sea_orm::sqlx::Error::WorkerCrashed
+    ) || sqlstate(error).is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
+}
+
+/// PostgreSQL gave up waiting for a lock (`lock_timeout`): SQLSTATE 55P03.
+pub fn is_lock_timeout(error: &DbErr) -> bool {
+    sqlstate(error).is_some_and(|code| code == "55P03")
+}
+
+fn sqlx_error(error: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    match error {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => Some(e.as_ref()),
+        _ => None,
     }
+}
+
+fn sqlstate(error: &DbErr) -> Option<String> {
+    sqlx_error(error)?
+        .as_database_error()?
+        .code()
+        .map(|code| code.into_owned())
 }
 
 /// A statement written with `$n` placeholders, for either backend (SQLite reads

@@ -2,6 +2,7 @@
 //! resume, and the outbox.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -48,8 +49,9 @@ impl StreamItem for ChatMessage {
 const INSERT_POSTGRES: &str = "hubbub_chat_insert($1, $2, $3, $4)";
 
 /// PostgreSQL: several posts, of one channel or many, in one call and one commit
-/// under the same locks (a function from migration 000007; group commit).
-const INSERT_BATCH_POSTGRES: &str = "hubbub_chat_insert_batch($1, $2, $3, $4)";
+/// under the same locks, waiting for them a bounded time or not at all (a function
+/// from migration 000008; group commit).
+const INSERT_BATCH_POSTGRES: &str = "hubbub_chat_insert_batch_bounded($1, $2, $3, $4, $5)";
 
 const COLUMNS: &str = "id, seq, channel, user_name, text, sent_at";
 
@@ -145,10 +147,18 @@ impl MessageStore {
         self.db.backend() == DatabaseBackend::Postgres
     }
 
-    /// Appends several posts in one statement and one commit (PostgreSQL): all of
-    /// them or none. Within a channel they are numbered in the order given. Returns
-    /// their messages in that same order; when this returns, they are committed.
-    pub async fn insert_batch(&self, posts: &[NewPost]) -> Result<Vec<ChatMessage>, DbErr> {
+    /// Appends several posts in one statement and one commit (PostgreSQL). Within a
+    /// channel they are numbered in the order given. Each channel's ordering lock is
+    /// waited for at most `lock_wait`, and then the statement fails with
+    /// `lock_not_available` (see `storage::is_lock_timeout`), storing nothing; with a
+    /// zero `lock_wait` it is only tried, and the posts of a channel whose lock is
+    /// taken are left out, all of them (`None`). Returns, in the order of `posts`,
+    /// each one's message; when this returns, they are committed.
+    pub async fn insert_batch(
+        &self,
+        posts: &[NewPost],
+        lock_wait: Duration,
+    ) -> Result<Vec<Option<ChatMessage>>, DbErr> {
         if !self.batches() {
             return Err(DbErr::Custom(
                 "storing posts in one statement needs PostgreSQL".into(),
@@ -160,6 +170,13 @@ impl MessageStore {
             .collect();
         let users: Vec<String> = posts.iter().map(|p| p.user.as_str().to_owned()).collect();
         let texts: Vec<String> = posts.iter().map(|p| p.text.as_str().to_owned()).collect();
+        // At least 1 ms: 0 would mean "only try".
+        let wait_ms = i32::try_from(lock_wait.as_millis()).unwrap_or(i32::MAX);
+        let wait_ms = if lock_wait.is_zero() {
+            0
+        } else {
+            wait_ms.max(1)
+        };
         let rows = self
             .db
             .connection()
@@ -170,6 +187,7 @@ impl MessageStore {
                     Value::from(users),
                     Value::from(texts),
                     now().into(),
+                    wait_ms.into(),
                 ],
             ))
             .await?;
@@ -177,36 +195,41 @@ impl MessageStore {
             .iter()
             .map(row_to_message)
             .collect::<Result<Vec<_>, _>>()?;
-        if stored.len() != posts.len() {
-            return Err(DbErr::Custom(format!(
-                "a batch of {} posts stored {} messages",
-                posts.len(),
-                stored.len()
-            )));
-        }
         // The statement numbers each channel's posts in the order given: the k-th post
         // of a channel in `posts` is that channel's k-th lowest `seq` in the result.
         stored.sort_unstable_by(|a, b| (&a.channel, a.seq).cmp(&(&b.channel, b.seq)));
-        let mut by_channel: HashMap<String, std::vec::IntoIter<ChatMessage>> = HashMap::new();
-        let mut stored = stored.into_iter().peekable();
-        while let Some(first) = stored.next() {
-            let mut run = vec![first];
-            while let Some(next) = stored.next_if(|m| m.channel == run[0].channel) {
-                run.push(next);
-            }
-            by_channel.insert(run[0].channel.clone(), run.into_iter());
+        let mut by_channel: HashMap<String, Vec<ChatMessage>> = HashMap::new();
+        for message in stored {
+            by_channel
+                .entry(message.channel.clone())
+                .or_default()
+                .push(message);
         }
-        posts
+        let mut wanted: HashMap<&str, usize> = HashMap::new();
+        for post in posts {
+            *wanted.entry(post.channel.as_str()).or_default() += 1;
+        }
+        for (channel, messages) in &by_channel {
+            if wanted.get(channel.as_str()) != Some(&messages.len()) {
+                return Err(DbErr::Custom(format!(
+                    "a batch stored {} messages of channel {channel}, not its {} posts",
+                    messages.len(),
+                    wanted.get(channel.as_str()).copied().unwrap_or(0)
+                )));
+            }
+        }
+        let mut by_channel: HashMap<String, std::vec::IntoIter<ChatMessage>> = by_channel
+            .into_iter()
+            .map(|(channel, messages)| (channel, messages.into_iter()))
+            .collect();
+        Ok(posts
             .iter()
             .map(|post| {
                 by_channel
                     .get_mut(post.channel.as_str())
                     .and_then(Iterator::next)
-                    .ok_or_else(|| {
-                        DbErr::RecordNotFound("a batched post is missing from the result".into())
-                    })
             })
-            .collect()
+            .collect())
     }
 
     /// Up to `limit` messages of `channel` older than `before`, oldest first.
