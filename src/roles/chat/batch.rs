@@ -10,14 +10,17 @@
 //! once, alone: a quiet channel sees no added latency. Otherwise posts wait; the
 //! next batch goes when a slot frees up.
 //!
-//! One channel whose ordering lock is held elsewhere (a stuck session) must not hold
-//! up the others, so:
-//! - a statement of several channels only *tries* their locks, and the posts of a
-//!   channel whose lock is taken come back and go next in a statement of their own;
-//! - a statement of one channel waits for its lock at most `lock_wait`, then its
-//!   posts get 503 `channel_busy`;
-//! - a channel is in at most `PER_CHANNEL` statements at a time, fewer than the
-//!   slots, and has a bounded backlog: past it, its posts get 503 at once.
+//! Channels whose ordering lock is held elsewhere (stuck sessions) must not hold up
+//! the others, so:
+//! - a statement only *tries* its channels' locks, and stores the posts of the
+//!   channels it got; the posts of the others come back and go next in a statement
+//!   of their own channel, which waits for the lock, at most `lock_wait` (then they
+//!   get 503 `channel_busy`);
+//! - such waiting statements hold at most `MAX_WAITING_STATEMENTS` of the
+//!   `MAX_IN_FLIGHT` slots, so however many channels are held, a slot is left for
+//!   the others;
+//! - a channel is in one statement at a time and has a bounded backlog: past it, its
+//!   posts get 503 at once.
 //!
 //! Order: within a statement, a channel's posts are numbered in the order they were
 //! queued; posts that are concurrent (none answered yet) have no order of their own
@@ -44,12 +47,12 @@ const MAX_BATCH: usize = 256;
 /// Statements in flight at once (each holds one database connection): one is
 /// written while the next one fills.
 const MAX_IN_FLIGHT: usize = 2;
-/// Statements in flight for one channel: fewer than `MAX_IN_FLIGHT`, so that a
-/// channel waiting for its lock leaves a slot to the others.
-const PER_CHANNEL: usize = 1;
+/// Statements in flight that wait for a channel's lock (fewer than `MAX_IN_FLIGHT`).
+const MAX_WAITING_STATEMENTS: usize = 1;
 /// Most posts of one channel waiting for it: a channel whose statements cannot
-/// keep up (or whose lock is held elsewhere) is refused past this, not the others.
-const MAX_CHANNEL_BACKLOG: usize = MAX_BATCH;
+/// keep up (or whose lock is held elsewhere) is refused past this, not the others;
+/// several such channels still leave room in `MAX_WAITING`.
+const MAX_CHANNEL_BACKLOG: usize = MAX_BATCH / 2;
 /// Most posts taken off the queue and waiting in all; past it, the queue fills up
 /// and posts get 503 after the queue timeout.
 const MAX_WAITING: usize = MAX_BATCH * (MAX_IN_FLIGHT + 1);
@@ -64,12 +67,9 @@ struct Pending {
 /// Hands posts to the batching task; cheap to share.
 pub struct PostBatcher {
     queue: mpsc::Sender<Pending>,
-    /// How long a post may wait for room in the queue, and a statement for its
-    /// channel's lock, before answering 503.
-    timeout: Duration,
-    store: MessageStore,
-    gate: Arc<Gate>,
-    metrics: BatchMetrics,
+    /// How long a post may wait for room in the queue before answering 503.
+    queue_timeout: Duration,
+    shared: Arc<Shared>,
 }
 
 #[derive(Clone)]
@@ -81,67 +81,68 @@ pub struct BatchMetrics {
 }
 
 impl PostBatcher {
-    /// Starts the batching task; it ends when the batcher is dropped. `timeout`
-    /// bounds both the wait for room in the queue and a statement's wait for its
-    /// channel's lock.
+    /// Starts the batching task; it ends when the batcher is dropped and nothing
+    /// is left to store. `timeout` bounds both the wait for room in the queue and
+    /// a statement's wait for its channel's lock.
     pub fn start(store: MessageStore, timeout: Duration, metrics: BatchMetrics) -> Self {
         let (queue, receiver) = mpsc::channel(MAX_WAITING);
-        let gate = Arc::new(Gate {
-            busy: Mutex::new(Busy::default()),
+        let (put_back, returned) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            store,
+            metrics,
+            lock_wait: timeout,
+            busy: Mutex::new(HashSet::new()),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            waiting: AtomicUsize::new(0),
+            waiters: Arc::new(Semaphore::new(MAX_WAITING_STATEMENTS)),
+            pending: AtomicUsize::new(0),
             freed: Notify::new(),
+            put_back,
         });
-        tokio::spawn(
-            Batching {
-                store: store.clone(),
-                metrics: metrics.clone(),
-                gate: gate.clone(),
-                lock_wait: timeout,
-            }
-            .run(receiver),
-        );
+        tokio::spawn(run(shared.clone(), receiver, returned));
         Self {
             queue,
-            timeout,
-            store,
-            gate,
-            metrics,
+            queue_timeout: timeout,
+            shared,
         }
     }
 
     /// Stores one post; returns once it is committed.
     pub async fn insert(&self, post: NewPost) -> Result<ChatMessage, ApiError> {
+        let shared = &self.shared;
         // SQLite: one writer at a time anyway; the request stores its post itself.
-        if !self.store.batches() {
-            self.metrics.statements.inc();
-            return self
+        if !shared.store.batches() {
+            shared.metrics.statements.inc();
+            return shared
                 .store
                 .insert(&post.channel, &post.user, &post.text)
                 .await
                 .map_err(|e| to_api_error(e, "storing a chat message"));
         }
-        if self.queue.capacity() == self.queue.max_capacity()
-            && self.gate.waiting.load(Ordering::Acquire) == 0
-            && let Some(claim) = self.gate.claim_alone(&post.channel)
-        {
-            return self.insert_alone(post, claim).await;
-        }
         let (reply, answer) = oneshot::channel();
-        // Room first, then the post in one step: a request dropped while it waits
-        // for room (its client left) leaves no post behind and the gauge right.
-        match tokio::time::timeout(self.timeout, self.queue.reserve()).await {
-            Ok(Ok(room)) => {
-                self.metrics.waiting.inc();
-                room.send(Pending { post, reply });
-            }
-            Ok(Err(_)) => {
-                tracing::error!("the chat post batcher has stopped");
-                return Err(ApiError::internal());
-            }
-            Err(_) => {
-                tracing::warn!("chat post queue full: the database is not keeping up");
-                return Err(ApiError::unavailable("database"));
+        let pending = Pending { post, reply };
+        if shared.pending.load(Ordering::Acquire) == 0
+            && let Some(claim) = shared.claim_alone(&pending.post.channel)
+        {
+            // In a task of its own that holds the claim: a client that leaves
+            // mid-way (its request dropped) leaves the slot and the channel claimed
+            // until the statement ends, as its database connection is.
+            tokio::spawn(execute(shared.clone(), vec![pending], claim));
+        } else {
+            // Room first, then the post in one step: a request dropped while it
+            // waits for room (its client left) leaves no post behind.
+            match tokio::time::timeout(self.queue_timeout, self.queue.reserve()).await {
+                Ok(Ok(room)) => {
+                    shared.queued(1);
+                    room.send(pending);
+                }
+                Ok(Err(_)) => {
+                    tracing::error!("the chat post batcher has stopped");
+                    return Err(ApiError::internal());
+                }
+                Err(_) => {
+                    tracing::warn!("chat post queue full: the database is not keeping up");
+                    return Err(ApiError::unavailable("database"));
+                }
             }
         }
         answer.await.unwrap_or_else(|_| {
@@ -150,38 +151,9 @@ impl PostBatcher {
             Err(ApiError::internal())
         })
     }
-
-    /// A lone post on an idle channel, stored at once. In a task of its own that
-    /// holds the claim: a client that leaves mid-way (its request dropped) leaves
-    /// the slot and the channel claimed until the statement ends, as its database
-    /// connection is.
-    async fn insert_alone(&self, post: NewPost, claim: InFlight) -> Result<ChatMessage, ApiError> {
-        let (store, lock_wait) = (self.store.clone(), self.timeout);
-        self.metrics.statements.inc();
-        let channel = post.channel.clone();
-        let stored = tokio::spawn(async move {
-            let stored = store
-                .insert_batch(std::slice::from_ref(&post), lock_wait)
-                .await;
-            drop(claim);
-            stored
-        })
-        .await;
-        match stored {
-            Ok(Ok(mut messages)) => messages.pop().flatten().ok_or_else(|| {
-                tracing::error!("a post stored alone is missing from the result");
-                ApiError::internal()
-            }),
-            Ok(Err(error)) => Err(statement_error(error, &channel)),
-            Err(_) => {
-                tracing::error!("storing a chat post alone panicked");
-                Err(ApiError::internal())
-            }
-        }
-    }
 }
 
-/// 503 naming the channel: it has too many posts waiting, or its lock is held.
+/// 503 naming the channel: it has too many posts waiting, or a lock stayed held.
 fn channel_busy(channel: &Channel, why: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -191,90 +163,77 @@ fn channel_busy(channel: &Channel, why: &str) -> ApiError {
     .with_retry_after(1)
 }
 
-fn statement_error(error: DbErr, channel: &Channel) -> ApiError {
-    if is_lock_timeout(&error) {
-        tracing::warn!(
-            channel = channel.as_str(),
-            "a chat channel's ordering lock stayed held: its posts were not stored"
-        );
-        channel_busy(channel, "is busy: its posts could not be stored in time")
-    } else {
-        to_api_error(error, "storing chat messages")
-    }
-}
-
-/// What the requests' fast path and the batching task share.
-struct Gate {
-    busy: Mutex<Busy>,
+/// What the requests, the batching task and the statements share.
+struct Shared {
+    store: MessageStore,
+    metrics: BatchMetrics,
+    /// How long a statement of one channel waits for its lock.
+    lock_wait: Duration,
+    /// Channels with a statement in flight.
+    busy: Mutex<HashSet<Channel>>,
     /// Statements in flight (each holds a database connection).
     slots: Arc<Semaphore>,
-    /// Posts the task has taken off the queue and not yet sent.
-    waiting: AtomicUsize,
-    /// A statement ended: its slot and channels are free again.
+    /// Statements in flight that wait for a lock.
+    waiters: Arc<Semaphore>,
+    /// Posts queued or waiting, not yet in a statement (the fast path goes only
+    /// when there are none); `metrics.waiting` shows the same.
+    pending: AtomicUsize,
+    /// A statement ended: its slot and channel are free again.
     freed: Notify,
+    /// Posts a statement left out (their channel's lock was taken), back to the task.
+    put_back: mpsc::UnboundedSender<Vec<Pending>>,
 }
 
-impl Gate {
-    fn busy(&self) -> MutexGuard<'_, Busy> {
+impl Shared {
+    fn busy(&self) -> MutexGuard<'_, HashSet<Channel>> {
         self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn queued(&self, posts: usize) {
+        self.pending.fetch_add(posts, Ordering::AcqRel);
+        self.metrics.waiting.add(posts as i64);
+    }
+
+    fn dequeued(&self, posts: usize) {
+        self.pending.fetch_sub(posts, Ordering::AcqRel);
+        self.metrics.waiting.sub(posts as i64);
     }
 
     /// A slot and the channel, if the channel has no statement and a slot is free.
     fn claim_alone(self: &Arc<Self>, channel: &Channel) -> Option<InFlight> {
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
-        let mut busy = self.busy();
-        if busy.in_flight(channel) > 0 {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        if !self.busy().insert(channel.clone()) {
             return None;
         }
-        busy.take(channel);
-        drop(busy);
         Some(InFlight {
-            gate: self.clone(),
+            shared: self.clone(),
             channels: HashSet::from([channel.clone()]),
-            _permit: permit,
+            slot: Some(slot),
+            waiter: None,
         })
     }
 }
 
-/// Statements in flight per channel (channels with none are not kept).
-#[derive(Default)]
-struct Busy(HashMap<Channel, usize>);
-
-impl Busy {
-    fn in_flight(&self, channel: &Channel) -> usize {
-        self.0.get(channel).copied().unwrap_or(0)
-    }
-
-    fn take(&mut self, channel: &Channel) {
-        *self.0.entry(channel.clone()).or_insert(0) += 1;
-    }
-
-    fn release(&mut self, channel: &Channel) {
-        if let Some(count) = self.0.get_mut(channel) {
-            *count -= 1;
-            if *count == 0 {
-                self.0.remove(channel);
-            }
-        }
-    }
-}
-
-/// A statement in flight: its slot and its channels, freed when it is dropped.
+/// A statement in flight: its slot, its channels, and when it waits for a lock,
+/// a waiter's place; all freed when it is dropped.
 struct InFlight {
-    gate: Arc<Gate>,
+    shared: Arc<Shared>,
     channels: HashSet<Channel>,
-    _permit: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
+    waiter: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut busy = self.gate.busy();
+        let mut busy = self.shared.busy();
         for channel in &self.channels {
-            busy.release(channel);
+            busy.remove(channel);
         }
         drop(busy);
-        // The permit is released right after this; the task, woken, waits for it.
-        self.gate.freed.notify_one();
+        // Released before the task is woken, so it sees them free.
+        drop(self.slot.take());
+        drop(self.waiter.take());
+        self.shared.freed.notify_one();
     }
 }
 
@@ -284,9 +243,8 @@ struct Waiting {
     posts: VecDeque<Pending>,
     /// How many of `posts` each channel has.
     by_channel: HashMap<Channel, usize>,
-    /// Channels whose posts a tried statement left out (their lock was taken): they
-    /// go next in a statement of their own, which waits for the lock (bounded). In
-    /// one with other channels they would be left out again, or hold them up.
+    /// Channels whose posts a statement left out (their lock was taken): they go
+    /// next in a statement of their own, which waits for the lock (bounded).
     alone: HashSet<Channel>,
 }
 
@@ -308,7 +266,7 @@ impl Waiting {
         Ok(())
     }
 
-    /// Posts a tried statement left out, back at the front (they are the oldest).
+    /// Posts a statement left out, back at the front (they are the oldest).
     fn put_back(&mut self, posts: Vec<Pending>) {
         for pending in posts.into_iter().rev() {
             *self
@@ -330,181 +288,165 @@ impl Waiting {
     }
 
     /// Whether a waiting post could go now.
-    fn any_free(&self, busy: &Busy) -> bool {
+    fn any_free(&self, shared: &Shared) -> bool {
+        let waiter = shared.waiters.available_permits() > 0;
+        let busy = shared.busy();
         self.by_channel
             .keys()
-            .any(|c| busy.in_flight(c) < PER_CHANNEL)
+            .any(|c| !busy.contains(c) && (waiter || !self.alone.contains(c)))
     }
 }
 
-/// The batching task.
-struct Batching {
-    store: MessageStore,
-    metrics: BatchMetrics,
-    gate: Arc<Gate>,
-    lock_wait: Duration,
-}
-
-impl Batching {
-    async fn run(self, mut receiver: mpsc::Receiver<Pending>) {
-        let mut waiting = Waiting::default();
-        // Posts a tried statement left out, sent back by its task.
-        let (put_back, mut returned) = mpsc::unbounded_channel();
-        // Whether a waiting post's channel is free, so that a slot is worth taking.
-        let mut ready = false;
-        let mut open = true;
-        loop {
-            if !open
-                && waiting.posts.is_empty()
-                && self.gate.slots.available_permits() == MAX_IN_FLIGHT
-            {
-                return;
-            }
-            tokio::select! {
-                biased;
-                permit = self.gate.slots.clone().acquire_owned(), if ready => {
-                    let Ok(permit) = permit else {
-                        // The semaphore is never closed; answer rather than hang if it were.
-                        for pending in waiting.posts.drain(..) {
-                            let _ = pending.reply.send(Err(ApiError::internal()));
-                        }
-                        return;
-                    };
-                    let (batch, claim) = self.claim_batch(&mut waiting, permit);
-                    ready = waiting.any_free(&self.gate.busy());
-                    if !batch.is_empty() {
-                        self.metrics.statements.inc();
-                        tokio::spawn(execute(
-                            self.store.clone(),
-                            batch,
-                            claim,
-                            self.lock_wait,
-                            put_back.clone(),
-                        ));
-                    }
-                }
-                () = self.gate.freed.notified() => {
-                    ready = waiting.any_free(&self.gate.busy());
-                }
-                Some(posts) = returned.recv() => {
-                    self.metrics.waiting.add(posts.len() as i64);
-                    waiting.put_back(posts);
-                    ready = waiting.any_free(&self.gate.busy());
-                }
-                next = receiver.recv(), if open && waiting.has_room() => match next {
-                    Some(pending) => {
-                        ready |= self.accept(&mut waiting, pending);
-                        while waiting.has_room() {
-                            let Ok(pending) = receiver.try_recv() else { break };
-                            ready |= self.accept(&mut waiting, pending);
-                        }
-                    }
-                    None => open = false,
-                },
-            }
-            self.gate
-                .waiting
-                .store(waiting.posts.len(), Ordering::Release);
-        }
-    }
-
-    /// Adds an arrival to `waiting`, or refuses it when its channel's backlog is
-    /// full. Returns whether it can go at once (its channel is free).
-    fn accept(&self, waiting: &mut Waiting, pending: Pending) -> bool {
-        let free = self.gate.busy().in_flight(&pending.post.channel) < PER_CHANNEL;
-        match waiting.push(pending) {
-            Ok(()) => free,
-            Err(refused) => {
-                self.metrics.waiting.dec();
-                tracing::warn!(
-                    channel = refused.post.channel.as_str(),
-                    "chat channel backlog full: its posts are not being stored fast enough"
-                );
-                let _ = refused.reply.send(Err(channel_busy(
-                    &refused.post.channel,
-                    "has too many posts waiting to be stored",
-                )));
-                false
-            }
-        }
-    }
-
-    /// Takes the next batch out of `waiting`, in queue order: a channel that must go
-    /// alone, if one is free, else every post whose channel is free and need not go
-    /// alone, up to `MAX_BATCH`. The others stay, in order. Posts whose client has
-    /// gone (its request was dropped, unanswered) are dropped, not stored.
-    fn claim_batch(
-        &self,
-        waiting: &mut Waiting,
-        permit: OwnedSemaphorePermit,
-    ) -> (Vec<Pending>, InFlight) {
-        let mut busy = self.gate.busy();
-        let free = |busy: &Busy, c: &Channel| busy.in_flight(c) < PER_CHANNEL;
-        let alone = waiting
-            .posts
-            .iter()
-            .map(|p| &p.post.channel)
-            .find(|c| waiting.alone.contains(*c) && free(&busy, c))
-            .cloned();
-        if let Some(channel) = &alone {
-            waiting.alone.remove(channel);
-        }
-        let mut batch = Vec::new();
-        let mut channels = HashSet::new();
-        let mut left = VecDeque::with_capacity(waiting.posts.len());
-        for pending in std::mem::take(&mut waiting.posts) {
-            let channel = &pending.post.channel;
-            let fits = match &alone {
-                Some(only) => channel == only,
-                None => {
-                    channels.contains(channel)
-                        || (free(&busy, channel) && !waiting.alone.contains(channel))
-                }
-            };
-            if !fits || batch.len() == MAX_BATCH {
-                left.push_back(pending);
-                continue;
-            }
-            waiting.taken(channel);
-            self.metrics.waiting.dec();
-            if pending.reply.is_closed() {
-                continue;
-            }
-            if channels.insert(channel.clone()) {
-                busy.take(channel);
-            }
-            batch.push(pending);
-        }
-        drop(busy);
-        waiting.posts = left;
-        let claim = InFlight {
-            gate: self.gate.clone(),
-            channels,
-            _permit: permit,
-        };
-        (batch, claim)
-    }
-}
-
-/// Stores a batch and answers its posts. One channel: its lock is waited for, at
-/// most `lock_wait`. Several: their locks are only tried, and the posts of a
-/// channel whose lock was taken go back to the task (`put_back`), before the
-/// claim is let go, so that they go next.
-async fn execute(
-    store: MessageStore,
-    batch: Vec<Pending>,
-    claim: InFlight,
-    lock_wait: Duration,
-    put_back: mpsc::UnboundedSender<Vec<Pending>>,
+async fn run(
+    shared: Arc<Shared>,
+    mut receiver: mpsc::Receiver<Pending>,
+    mut returned: mpsc::UnboundedReceiver<Vec<Pending>>,
 ) {
-    let wait = if claim.channels.len() == 1 {
-        lock_wait
+    let mut waiting = Waiting::default();
+    // Whether a waiting post's channel is free, so that a slot is worth taking.
+    let mut ready = false;
+    let mut open = true;
+    loop {
+        if !open
+            && waiting.posts.is_empty()
+            && returned.is_empty()
+            && shared.slots.available_permits() == MAX_IN_FLIGHT
+        {
+            return;
+        }
+        tokio::select! {
+            biased;
+            slot = shared.slots.clone().acquire_owned(), if ready => {
+                let Ok(slot) = slot else {
+                    // The semaphore is never closed; answer rather than hang if it were.
+                    for pending in waiting.posts.drain(..) {
+                        let _ = pending.reply.send(Err(ApiError::internal()));
+                    }
+                    return;
+                };
+                let (batch, claim) = claim_batch(&shared, &mut waiting, slot);
+                ready = waiting.any_free(&shared);
+                if !batch.is_empty() {
+                    tokio::spawn(execute(shared.clone(), batch, claim));
+                }
+            }
+            () = shared.freed.notified() => ready = waiting.any_free(&shared),
+            Some(posts) = returned.recv() => {
+                waiting.put_back(posts);
+                ready = waiting.any_free(&shared);
+            }
+            next = receiver.recv(), if open && waiting.has_room() => match next {
+                Some(pending) => {
+                    ready |= accept(&shared, &mut waiting, pending);
+                    while waiting.has_room() {
+                        let Ok(pending) = receiver.try_recv() else { break };
+                        ready |= accept(&shared, &mut waiting, pending);
+                    }
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+/// Adds an arrival to `waiting`, or refuses it when its channel's backlog is full.
+/// Returns whether it can go at once (its channel is free).
+fn accept(shared: &Shared, waiting: &mut Waiting, pending: Pending) -> bool {
+    let channel = &pending.post.channel;
+    let free = !shared.busy().contains(channel) && !waiting.alone.contains(channel);
+    match waiting.push(pending) {
+        Ok(()) => free,
+        Err(refused) => {
+            shared.dequeued(1);
+            tracing::warn!(
+                channel = refused.post.channel.as_str(),
+                "chat channel backlog full: its posts are not being stored fast enough"
+            );
+            let _ = refused.reply.send(Err(channel_busy(
+                &refused.post.channel,
+                "has too many posts waiting to be stored",
+            )));
+            false
+        }
+    }
+}
+
+/// Takes the next batch out of `waiting`, in queue order: the posts of a channel
+/// that must go alone, if one is free and a waiting statement may start; else every
+/// post whose channel is free and need not go alone, up to `MAX_BATCH`. The others
+/// stay, in order. Posts whose client has gone (its request dropped, unanswered)
+/// are dropped, not stored.
+fn claim_batch(
+    shared: &Arc<Shared>,
+    waiting: &mut Waiting,
+    slot: OwnedSemaphorePermit,
+) -> (Vec<Pending>, InFlight) {
+    let mut busy = shared.busy();
+    let alone = waiting
+        .posts
+        .iter()
+        .map(|p| &p.post.channel)
+        .find(|c| waiting.alone.contains(*c) && !busy.contains(*c))
+        .cloned();
+    let waiter = alone
+        .as_ref()
+        .and_then(|_| shared.waiters.clone().try_acquire_owned().ok());
+    let alone = alone.filter(|_| waiter.is_some());
+    if let Some(channel) = &alone {
+        waiting.alone.remove(channel);
+    }
+    let mut batch = Vec::new();
+    let mut channels = HashSet::new();
+    let mut left = VecDeque::with_capacity(waiting.posts.len());
+    let mut gone = 0;
+    for pending in std::mem::take(&mut waiting.posts) {
+        let channel = &pending.post.channel;
+        let fits = match &alone {
+            Some(only) => channel == only,
+            None => {
+                channels.contains(channel)
+                    || !(busy.contains(channel) || waiting.alone.contains(channel))
+            }
+        };
+        if !fits || batch.len() == MAX_BATCH {
+            left.push_back(pending);
+            continue;
+        }
+        waiting.taken(channel);
+        if pending.reply.is_closed() {
+            gone += 1;
+            continue;
+        }
+        if channels.insert(channel.clone()) {
+            busy.insert(channel.clone());
+        }
+        batch.push(pending);
+    }
+    drop(busy);
+    waiting.posts = left;
+    shared.dequeued(batch.len() + gone);
+    let claim = InFlight {
+        shared: shared.clone(),
+        channels,
+        slot: Some(slot),
+        waiter,
+    };
+    (batch, claim)
+}
+
+/// Stores a batch and answers its posts. A statement holding a waiter's place (a
+/// channel going alone) waits for its lock, at most `lock_wait`; any other only
+/// tries its channels' locks, and the posts of a channel whose lock was taken go
+/// back to the task, before the claim is let go, so that they go next.
+async fn execute(shared: Arc<Shared>, batch: Vec<Pending>, claim: InFlight) {
+    let wait = if claim.waiter.is_some() {
+        shared.lock_wait
     } else {
         Duration::ZERO
     };
     let (posts, replies): (Vec<NewPost>, Vec<Reply>) =
         batch.into_iter().map(|p| (p.post, p.reply)).unzip();
-    match store.insert_batch(&posts, wait).await {
+    match shared.store.insert_batch(&posts, wait).await {
         Ok(messages) => {
             let mut left_out = Vec::new();
             let mut answers = Vec::with_capacity(replies.len());
@@ -514,10 +456,14 @@ async fn execute(
                     None => left_out.push(Pending { post, reply }),
                 }
             }
+            if !answers.is_empty() {
+                shared.metrics.statements.inc();
+            }
             if !left_out.is_empty() {
-                // The task only goes when the batcher is dropped and nothing is in
-                // flight; were it gone, these requests would be answered 500.
-                let _ = put_back.send(left_out);
+                shared.queued(left_out.len());
+                // The task ends only once nothing is in flight; were it gone, these
+                // requests would be answered 500.
+                let _ = shared.put_back.send(left_out);
             }
             // The channels are free for the next statement before anyone is answered.
             drop(claim);
@@ -528,11 +474,27 @@ async fn execute(
         }
         // Logged once for the batch, answered to each of its posts.
         Err(error) => {
+            let error = statement_error(error, &claim.channels);
             drop(claim);
-            let error = statement_error(error, &posts[0].channel);
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+fn statement_error(error: DbErr, channels: &HashSet<Channel>) -> ApiError {
+    match channels.iter().next() {
+        Some(channel) if is_lock_timeout(&error) => {
+            tracing::warn!(
+                channel = channel.as_str(),
+                "a chat statement gave up waiting for a lock (the channel's ordering lock, or the table's): its posts were not stored"
+            );
+            channel_busy(
+                channel,
+                "is busy: its posts could not be stored in time (a lock stayed held)",
+            )
+        }
+        _ => to_api_error(error, "storing chat messages"),
     }
 }
