@@ -22,7 +22,7 @@ use crate::domain::Role;
 use crate::http::client_ip::TrustedProxies;
 use crate::http::health::{self, Check};
 use crate::http::middleware::Shared;
-use crate::http::{ApiError, assets, error::recover, server, tagged};
+use crate::http::{ApiError, FastRoutes, assets, error::recover, server, tagged};
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::roles::broadcast::{self, Broadcast};
@@ -58,6 +58,8 @@ pub struct Application {
     admin_addr: SocketAddr,
     roles: BTreeSet<Role>,
     public: (TcpListener, BoxedFilter<(Response,)>),
+    /// The public listener's hot reads, answered ahead of `public`'s filters.
+    fast: FastRoutes,
     admin: (TcpListener, BoxedFilter<(Response,)>),
     shared: Arc<Shared>,
     drain: Duration,
@@ -130,11 +132,14 @@ impl Application {
         }
 
         let mut public = health::routes(checks).or(assets::routes()).unify().boxed();
+        let mut fast = FastRoutes::default();
         for role in &roles {
             let routes = match role {
-                Role::Visitors => Visitors::new(&settings, &env, db.clone(), &metrics)
-                    .await?
-                    .routes(),
+                Role::Visitors => {
+                    let visitors = Visitors::new(&settings, &env, db.clone(), &metrics).await?;
+                    fast = visitors.fast_routes(fast);
+                    visitors.routes()
+                }
                 Role::Chat => match &bus {
                     Some(bus) => Chat::new(
                         &settings,
@@ -155,15 +160,18 @@ impl Application {
                     None => return Err(StartupError::NoBus(Role::Broadcast)),
                 },
                 Role::Buffs => match &bus {
-                    Some(bus) => Buffs::new(
-                        &settings,
-                        db.clone(),
-                        cache.clone(),
-                        bus.clone(),
-                        &metrics,
-                        shutdown.clone(),
-                    )?
-                    .routes(),
+                    Some(bus) => {
+                        let buffs = Buffs::new(
+                            &settings,
+                            db.clone(),
+                            cache.clone(),
+                            bus.clone(),
+                            &metrics,
+                            shutdown.clone(),
+                        )?;
+                        fast = buffs.fast_routes(fast);
+                        buffs.routes()
+                    }
                     None => return Err(StartupError::NoBus(Role::Buffs)),
                 },
             };
@@ -186,6 +194,7 @@ impl Application {
             admin_addr,
             roles,
             public: (public_listener, public),
+            fast,
             admin: (admin_listener, admin),
             shared: Arc::new(Shared {
                 trusted_proxies: TrustedProxies::new(settings.http.trusted_proxies.clone()),
@@ -213,6 +222,7 @@ impl Application {
         servers.spawn(server::serve(
             listener,
             app,
+            self.fast,
             self.shared.clone(),
             shutdown.clone(),
             self.drain,
@@ -221,6 +231,7 @@ impl Application {
         servers.spawn(server::serve(
             listener,
             app,
+            FastRoutes::default(),
             self.shared,
             shutdown.clone(),
             self.drain,

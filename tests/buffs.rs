@@ -495,3 +495,214 @@ async fn distinct_before_values_leave_the_cache_at_its_bound_and_memory_flat() {
     assert!(metric_value(&metrics, "hubbub_buffs_cache_bytes") <= 16.0 * 1024.0 * 1024.0);
     app.stop().await;
 }
+
+/// The hot cached reads (`/api/stats`, the newest `/api/buffs` page) are answered
+/// ahead of warp's filters. From the real binary: they answer exactly as the same
+/// routes do through warp (a query sends them there), with the same headers, one
+/// access-log event each with the same fields, the same metrics; HEAD, other
+/// queries and new buffs behave as before.
+#[test]
+fn hot_reads_answer_as_their_routes_do_through_warp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("stderr.log");
+    let port = free_port();
+    let admin_port = free_port();
+    /// Killed when the test ends, failed or not.
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon = Command::new(env!("CARGO_BIN_EXE_hubbub"))
+        .args(["serve", "visitors", "buffs"])
+        .env("STATE_DIRECTORY", dir.path())
+        .env("HUBBUB_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUBBUB_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("HUBBUB_BUFFS__ADMIN_TOKEN", "t0ken")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .spawn()
+        .map(Daemon)
+        .expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let post = |question: &str| {
+            client
+                .post(format!("{base}/api/buffs"))
+                .bearer_auth("t0ken")
+                .json(&quiz(question))
+                .send()
+        };
+        for question in ["one?", "two?"] {
+            assert_eq!(post(question).await.expect("post").status(), 201);
+        }
+        // (fast, through warp): the same answer is expected from both.
+        let pairs = [
+            ("/api/stats", "/api/stats?via=warp"),
+            ("/api/buffs", "/api/buffs?before="),
+            ("/api/buffs?limit=1", "/api/buffs?limit=1&before="),
+        ];
+        for (fast, warp) in pairs {
+            let (a, b) = (
+                client.get(format!("{base}{fast}")).send().await.expect("get"),
+                client.get(format!("{base}{warp}")).send().await.expect("get"),
+            );
+            assert_eq!(a.status(), 200, "{fast}");
+            assert_eq!(a.status(), b.status(), "{fast}");
+            let names = |r: &reqwest::Response| {
+                let mut names: Vec<String> =
+                    r.headers().keys().map(|k| k.as_str().to_owned()).collect();
+                names.sort();
+                names
+            };
+            assert_eq!(names(&a), names(&b), "{fast}");
+            for name in names(&a) {
+                if name != "date" && name != "x-request-id" {
+                    assert_eq!(a.headers()[&name], b.headers()[&name], "{fast}: {name}");
+                }
+            }
+            for name in ["x-request-id", "x-content-type-options", "referrer-policy"] {
+                assert!(a.headers().contains_key(name), "{fast}: {name}");
+            }
+            assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
+            let (a, b) = (a.bytes().await.expect("body"), b.bytes().await.expect("body"));
+            assert_eq!(a, b, "{fast}");
+            assert!(!a.is_empty());
+        }
+        let head = client
+            .head(format!("{base}/api/buffs"))
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["content-type"], "application/json");
+        assert!(head.bytes().await.expect("body").is_empty());
+
+        // A new buff is on the very next fast read; other pages and bad queries go
+        // through warp as before.
+        let listed = |path: &'static str| {
+            let client = client.clone();
+            let url = format!("{base}{path}");
+            async move {
+                let list: Vec<Value> = client
+                    .get(url)
+                    .send()
+                    .await
+                    .expect("get")
+                    .json()
+                    .await
+                    .expect("json");
+                list.iter()
+                    .map(|b| b["question"].as_str().expect("question").to_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed("/api/buffs").await, ["two?", "one?"]);
+        assert_eq!(post("three?").await.expect("post").status(), 201);
+        assert_eq!(listed("/api/buffs").await, ["three?", "two?", "one?"]);
+        assert_eq!(listed("/api/buffs?limit=1").await, ["three?"]);
+        assert_eq!(listed("/api/buffs?before=2").await, ["one?"]);
+        let refused = client
+            .get(format!("{base}/api/buffs?limit=1000"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(refused.status(), 400);
+        assert_eq!(
+            refused.json::<Value>().await.expect("json")["error"],
+            "invalid_field"
+        );
+
+        let metrics = client
+            .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let series = |labels: &str| {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(labels)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // Fast and warp answers count in the same series, under the route template.
+        let requests = |route: &str, method: &str, status: &str| {
+            series(&format!(
+                "hubbub_http_requests_total{{method=\"{method}\",role=\"{}\",route=\"{route}\",status=\"{status}\"}}",
+                if route == "/api/stats" { "visitors" } else { "buffs" }
+            ))
+        };
+        assert_eq!(requests("/api/stats", "GET", "200"), 2.0, "{metrics}");
+        assert_eq!(requests("/api/buffs", "GET", "200"), 8.0, "{metrics}");
+        assert_eq!(requests("/api/buffs", "HEAD", "200"), 1.0, "{metrics}");
+        assert_eq!(requests("/api/buffs", "GET", "400"), 1.0, "{metrics}");
+        assert_eq!(
+            series("hubbub_http_request_duration_seconds_count{method=\"GET\",role=\"visitors\",route=\"/api/stats\"}"),
+            2.0
+        );
+        assert!(!metrics.contains("route=\"unmatched\""), "{metrics}");
+    });
+    // Every request above has its access-log event (written within a few ms).
+    let access = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|line| line.contains("hubbub::access") && line.contains("route=\"/api/"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut lines = Vec::new();
+    while std::time::Instant::now() < deadline {
+        lines = access(&std::fs::read_to_string(&log_path).expect("log"));
+        if lines.len() >= 15 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(daemon);
+    // 3 creates, 6 compared reads, HEAD, 4 listings, the refused one.
+    assert_eq!(lines.len(), 15, "{lines:#?}");
+    // The fields, with the varying values (time, id, latency) left out.
+    let shape = |line: &str| -> String {
+        line.split_whitespace()
+            .skip(1)
+            .map(|word| match word.split_once('=') {
+                Some((key @ ("request_id" | "latency_ms"), _)) => format!("{key}=*"),
+                _ => word.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let stats: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains("route=\"/api/stats\""))
+        .map(|l| shape(l))
+        .collect();
+    assert_eq!(stats.len(), 2);
+    assert_eq!(stats[0], stats[1]);
+    assert_eq!(
+        stats[0],
+        "INFO hubbub::access: request request_id=* client_ip=127.0.0.1 method=GET \
+         route=\"/api/stats\" status=200 latency_ms=*"
+    );
+    let head = lines
+        .iter()
+        .find(|l| l.contains("method=HEAD"))
+        .expect("HEAD logged");
+    assert!(
+        shape(head).ends_with("route=\"/api/buffs\" status=200 latency_ms=*"),
+        "{head}"
+    );
+}

@@ -17,6 +17,7 @@ use warp::reply::{Reply, Response};
 
 use super::client_ip::TrustedProxies;
 use super::error::ApiError;
+use super::fast_routes::FastRoutes;
 use crate::metrics::HttpMetrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -61,14 +62,16 @@ pub struct Shared {
 #[derive(Clone)]
 pub struct Middleware<S> {
     inner: S,
+    fast: FastRoutes,
     shared: Arc<Shared>,
     peer: SocketAddr,
 }
 
 impl<S> Middleware<S> {
-    pub fn new(inner: S, shared: Arc<Shared>, peer: SocketAddr) -> Self {
+    pub fn new(inner: S, fast: FastRoutes, shared: Arc<Shared>, peer: SocketAddr) -> Self {
         Self {
             inner,
+            fast,
             shared,
             peer,
         }
@@ -117,21 +120,36 @@ where
             peer: self.peer,
             head: method == Method::HEAD,
         };
-        request.extensions_mut().insert(meta.clone());
-
-        let future = self.inner.call(request);
         let shared = self.shared.clone();
+        // The hot cached reads skip warp's filters (and the request's extensions
+        // warp's handlers read); everything else goes through them.
+        if let Some(answer) = self.fast.answer(&request) {
+            return Box::pin(async move {
+                let response = guarded(answer.map(Ok), &meta.id).await;
+                Ok(finish(response, &meta, &method, started, &shared))
+            });
+        }
+        request.extensions_mut().insert(meta.clone());
+        let future = self.inner.call(request);
         Box::pin(async move {
-            let response = match AssertUnwindSafe(future).catch_unwind().await {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_) => {
-                    tracing::error!(request_id = %meta.id, "request handler panicked");
-                    ApiError::internal().into_response()
-                }
-            };
+            let response = guarded(future, &meta.id).await;
             Ok(finish(response, &meta, &method, started, &shared))
         })
+    }
+}
+
+/// A handler's response, or a 500 when it panicked (the connection stays up).
+async fn guarded(
+    future: impl Future<Output = Result<Response, Infallible>>,
+    request_id: &str,
+) -> Response {
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(_) => {
+            tracing::error!(request_id = %request_id, "request handler panicked");
+            ApiError::internal().into_response()
+        }
     }
 }
 

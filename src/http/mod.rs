@@ -4,6 +4,7 @@ pub mod assets;
 pub mod body;
 pub mod client_ip;
 pub mod error;
+pub mod fast_routes;
 pub mod health;
 pub mod html;
 pub mod middleware;
@@ -12,6 +13,7 @@ pub mod server;
 mod write_timeout;
 
 pub use error::ApiError;
+pub use fast_routes::{FastFuture, FastRoutes};
 pub use middleware::{RequestMeta, tagged};
 
 use warp::Filter;

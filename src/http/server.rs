@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::fast_routes::FastRoutes;
 use super::middleware::{Middleware, Shared};
 use super::write_timeout::WriteTimeout;
 
@@ -22,11 +23,12 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// stopped reading): its connection is closed and its memory freed.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `filter` on `listener` until `shutdown` fires, then lets open requests
-/// finish for up to `drain` before closing what is left.
+/// Serves `fast` and then `app` on `listener` until `shutdown` fires, then lets open
+/// requests finish for up to `drain` before closing what is left.
 pub async fn serve(
     listener: TcpListener,
     app: BoxedFilter<(Response,)>,
+    fast: FastRoutes,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     drain: Duration,
@@ -47,7 +49,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let middleware = Middleware::new(service.clone(), shared.clone(), peer);
+        let middleware = Middleware::new(service.clone(), fast.clone(), shared.clone(), peer);
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)

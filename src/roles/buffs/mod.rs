@@ -23,7 +23,7 @@ use crate::cache::Cache;
 use crate::configuration::Settings;
 use crate::domain::{Answers, Question};
 use crate::http::page::{self, Page, Section};
-use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
+use crate::http::{ApiError, FastFuture, FastRoutes, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
 use crate::storage::{Database, to_api_error};
 use crate::streams::buffs::{self as store, Buff, BuffStore};
@@ -34,6 +34,7 @@ pub use invalidation::subscriptions;
 use lists::{Freshness, ListCache, Usage, VERSION_KEY};
 
 const ROLE: &str = "buffs";
+const LIST_ROUTE: &str = "/api/buffs";
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 const VERSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -183,17 +184,7 @@ impl Buffs {
                 .and(with_role.clone())
                 .and(warp::query::raw().or(warp::any().map(String::new)).unify())
                 .then(move |role: Arc<Self>, query: String| async move {
-                    let mut reply = match role.list(&query).await {
-                        Ok(reply) => reply,
-                        Err(error) => error.into_response(),
-                    };
-                    if template == "/buffs" {
-                        // What a browser gets there depends on Accept (see `viewer`).
-                        reply
-                            .headers_mut()
-                            .insert(header::VARY, HeaderValue::from_static("accept"));
-                    }
-                    tagged(ROLE, template, reply)
+                    role.list_response(&query, template).await
                 })
                 .boxed()
         };
@@ -246,7 +237,7 @@ impl Buffs {
         });
         // Reads first: they are nearly every request. The viewers' page comes
         // before the old `/buffs` list, which it shares a path with.
-        list(warp::path!("api" / "buffs").boxed(), "/api/buffs")
+        list(warp::path!("api" / "buffs").boxed(), LIST_ROUTE)
             .or(get)
             .unify()
             .or(create(warp::path!("api" / "buffs").boxed(), "/api/buffs"))
@@ -260,6 +251,38 @@ impl Buffs {
             .or(create(warp::path!("buff").boxed(), "/buff"))
             .unify()
             .boxed()
+    }
+
+    /// The newest page of `/api/buffs`, as the viewers' page and the dashboard ask
+    /// for it (no query, or only `limit`), answered ahead of warp's filters; other
+    /// queries (`before`, anything unusual) take warp's route to the same code.
+    pub fn fast_routes(self: &Arc<Self>, routes: FastRoutes) -> FastRoutes {
+        let role = self.clone();
+        routes.with(LIST_ROUTE, move |query| {
+            let query = match query {
+                None => String::new(),
+                Some(query) if is_newest_page(query) => query.to_owned(),
+                Some(_) => return None,
+            };
+            let role = role.clone();
+            Some(
+                Box::pin(async move { role.list_response(&query, LIST_ROUTE).await }) as FastFuture,
+            )
+        })
+    }
+
+    async fn list_response(&self, query: &str, template: &'static str) -> Response {
+        let mut reply = match self.list(query).await {
+            Ok(reply) => reply,
+            Err(error) => error.into_response(),
+        };
+        if template == "/buffs" {
+            // What a browser gets there depends on Accept (see `viewer`).
+            reply
+                .headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("accept"));
+        }
+        tagged(ROLE, template, reply)
     }
 
     async fn create(
@@ -371,6 +394,13 @@ impl Buffs {
     }
 }
 
+/// `limit=N` alone: the newest page's query as the pages send it.
+fn is_newest_page(query: &str) -> bool {
+    query
+        .strip_prefix("limit=")
+        .is_some_and(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Whether a request's Accept header puts HTML first, as a browser navigating does.
 fn prefers_html(accept: &str) -> bool {
     accept
@@ -423,7 +453,22 @@ fn json_response(body: Bytes) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::prefers_html;
+    use super::{is_newest_page, prefers_html};
+
+    #[test]
+    fn only_a_lone_limit_is_the_newest_pages_query() {
+        assert!(is_newest_page("limit=20") && is_newest_page("limit=100"));
+        for query in [
+            "",
+            "limit=",
+            "limit=1000",
+            "limit=2&before=3",
+            "before=3",
+            "limit=+2",
+        ] {
+            assert!(!is_newest_page(query), "{query}");
+        }
+    }
 
     #[test]
     fn browsers_navigating_prefer_html() {
