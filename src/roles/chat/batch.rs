@@ -90,7 +90,9 @@ impl PostBatcher {
         let shared = Arc::new(Shared {
             store,
             metrics,
-            lock_wait: timeout,
+            // Never zero: a zero wait only tries, and a channel left out would be
+            // left out again and again (`acquire_timeout_ms = 0` is accepted).
+            lock_wait: timeout.max(Duration::from_millis(1)),
             busy: Mutex::new(HashSet::new()),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             waiters: Arc::new(Semaphore::new(MAX_WAITING_STATEMENTS)),
