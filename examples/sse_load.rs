@@ -376,20 +376,17 @@ fn content_type(args: &Args) -> &'static str {
 
 /// The message number after ` n=` in an event.
 fn number(event: &[u8]) -> Option<u32> {
-    let start = event.windows(3).position(|w| w == b" n=")? + 3;
-    let digits = event[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&event[start..start + digits])
-        .ok()?
-        .parse()
-        .ok()
+    number_after(event, b" n=")
 }
 
 /// The nanoseconds after `ts=` in an event.
 fn stamp(event: &[u8]) -> Option<u128> {
-    let start = event.windows(3).position(|w| w == b"ts=")? + 3;
+    number_after(event, b"ts=")
+}
+
+/// The decimal number right after the first `marker` in `event`.
+fn number_after<T: std::str::FromStr>(event: &[u8], marker: &[u8]) -> Option<T> {
+    let start = event.windows(marker.len()).position(|w| w == marker)? + marker.len();
     let digits = event[start..]
         .iter()
         .take_while(|b| b.is_ascii_digit())

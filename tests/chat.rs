@@ -90,6 +90,19 @@ async fn post(app: &TestApp, channel: &str, user: &str, text: &str) -> reqwest::
         .expect("post")
 }
 
+/// A post sent in the background; its status once it is answered.
+fn spawn_post(
+    app: &TestApp,
+    channel: &str,
+    text: &str,
+) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+    let request = app
+        .client
+        .post(app.url(&format!("/api/chat/{channel}/messages")))
+        .json(&json!({"user": "alice", "text": text}));
+    tokio::spawn(async move { request.send().await.expect("post").status() })
+}
+
 async fn post_ok(app: &TestApp, channel: &str, text: &str) -> i64 {
     let response = post(app, channel, "alice", text).await;
     assert_eq!(response.status(), 201);
@@ -576,18 +589,7 @@ async fn chat_with_channel_held_for(
 #[tokio::test]
 async fn a_post_waits_for_its_channels_ordering_lock() {
     let (_pg, chat, _db, holder) = chat_with_channel_held().await;
-    let waiting = {
-        let (client, url) = (chat.client.clone(), chat.url("/api/chat/held/messages"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"user": "alice", "text": "waits"}))
-                .send()
-                .await
-                .expect("post")
-                .status()
-        })
-    };
+    let waiting = spawn_post(&chat, "held", "waits");
     let other = post(&chat, "free", "alice", "goes through").await;
     assert_eq!(other.status(), 201, "another channel is not held up");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -814,16 +816,7 @@ async fn a_held_channel_does_not_hold_up_other_channels() {
     let (_pg, chat, _db, holder) = chat_with_channel_held().await;
     let mut waiting = Vec::new();
     for n in 0..3 {
-        let (client, url) = (chat.client.clone(), chat.url("/api/chat/held/messages"));
-        waiting.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"user": "alice", "text": format!("waits {n}")}))
-                .send()
-                .await
-                .expect("post")
-                .status()
-        }));
+        waiting.push(spawn_post(&chat, "held", &format!("waits {n}")));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let other = tokio::time::timeout(
@@ -936,25 +929,10 @@ async fn a_held_channels_backlog_is_bounded_and_only_it_is_refused() {
 async fn held_channels_do_not_hold_up_the_others() {
     let (_pg, chat, db, holder) = chat_with_channel_held().await;
     let (x, y) = (hold(&db, "x").await, hold(&db, "y").await);
-    let spawn_post = |channel: &'static str| {
-        let (client, url) = (
-            chat.client.clone(),
-            chat.url(&format!("/api/chat/{channel}/messages")),
-        );
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"user": "alice", "text": channel}))
-                .send()
-                .await
-                .expect("post")
-                .status()
-        })
-    };
-    let waiting_on_x = spawn_post("x");
-    let waiting_on_y = spawn_post("y");
+    let waiting_on_x = spawn_post(&chat, "x", "x");
+    let waiting_on_y = spawn_post(&chat, "y", "y");
     wait_for_lock_waiters(&db, 1).await;
-    let held = spawn_post("held");
+    let held = spawn_post(&chat, "held", "held");
     for n in 0..3 {
         let free = tokio::time::timeout(
             Duration::from_secs(2),
@@ -983,18 +961,7 @@ async fn held_channels_do_not_hold_up_the_others() {
 async fn a_post_whose_client_left_while_it_waited_is_not_stored() {
     use sea_orm::ConnectionTrait;
     let (_pg, chat, db, holder) = chat_with_channel_held().await;
-    let first = {
-        let (client, url) = (chat.client.clone(), chat.url("/api/chat/held/messages"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"user": "alice", "text": "stays"}))
-                .send()
-                .await
-                .expect("post")
-                .status()
-        })
-    };
+    let first = spawn_post(&chat, "held", "stays");
     wait_for_lock_waiters(&db, 1).await;
     for n in 0..4 {
         let gave_up = chat
