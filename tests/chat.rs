@@ -819,13 +819,7 @@ async fn a_held_channel_does_not_hold_up_other_channels() {
         waiting.push(spawn_post(&chat, "held", &format!("waits {n}")));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let other = tokio::time::timeout(
-        Duration::from_secs(5),
-        post(&chat, "free", "bob", "goes through"),
-    )
-    .await
-    .expect("a post to another channel is not held up by the held one");
-    assert_eq!(other.status(), 201);
+    free_channel_is_served(&chat, "goes through", Duration::from_secs(5)).await;
     holder.rollback().await.expect("release");
     for post in waiting {
         assert_eq!(post.await.expect("task"), 201);
@@ -870,13 +864,7 @@ async fn a_held_channels_backlog_is_bounded_and_only_it_is_refused() {
         refused >= POSTS - CAN_WAIT,
         "{refused} posts to the held channel refused at once"
     );
-    let other = tokio::time::timeout(
-        Duration::from_secs(5),
-        post(&chat, "free", "bob", "goes through"),
-    )
-    .await
-    .expect("another channel is served while the held one is full");
-    assert_eq!(other.status(), 201);
+    free_channel_is_served(&chat, "goes through", Duration::from_secs(5)).await;
     holder.rollback().await.expect("release");
     let (mut stored, mut refused) = (0, 0);
     for post in posts {
@@ -904,17 +892,8 @@ async fn a_held_channels_backlog_is_bounded_and_only_it_is_refused() {
         0.0,
         "nothing is left waiting"
     );
-    use sea_orm::ConnectionTrait;
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DatabaseBackend::Postgres,
-            "SELECT COUNT(*) AS n FROM chat_messages WHERE channel = 'held'",
-        ))
-        .await
-        .expect("count")
-        .expect("row");
     assert_eq!(
-        row.try_get::<i64>("", "n").expect("n"),
+        stored_in(&db, "held").await,
         stored as i64,
         "every post answered 201 is stored, and no refused one"
     );
@@ -934,13 +913,7 @@ async fn held_channels_do_not_hold_up_the_others() {
     wait_for_lock_waiters(&db, 1).await;
     let held = spawn_post(&chat, "held", "held");
     for n in 0..3 {
-        let free = tokio::time::timeout(
-            Duration::from_secs(2),
-            post(&chat, "free", "bob", &format!("goes {n}")),
-        )
-        .await
-        .expect("`free` is not held up by the held channels");
-        assert_eq!(free.status(), 201);
+        free_channel_is_served(&chat, &format!("goes {n}"), Duration::from_secs(2)).await;
     }
     assert!(!held.is_finished(), "`held` waits for its lock");
     for holder in [holder, x, y] {
@@ -959,7 +932,6 @@ async fn held_channels_do_not_hold_up_the_others() {
 /// was told it was, and its client will post it again.
 #[tokio::test]
 async fn a_post_whose_client_left_while_it_waited_is_not_stored() {
-    use sea_orm::ConnectionTrait;
     let (_pg, chat, db, holder) = chat_with_channel_held().await;
     let first = spawn_post(&chat, "held", "stays");
     wait_for_lock_waiters(&db, 1).await;
@@ -978,15 +950,7 @@ async fn a_post_whose_client_left_while_it_waited_is_not_stored() {
     }
     holder.rollback().await.expect("release");
     assert_eq!(first.await.expect("task"), 201);
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DatabaseBackend::Postgres,
-            "SELECT COUNT(*) AS n FROM chat_messages WHERE channel = 'held'",
-        ))
-        .await
-        .expect("count")
-        .expect("row");
-    assert_eq!(row.try_get::<i64>("", "n").expect("n"), 1);
+    assert_eq!(stored_in(&db, "held").await, 1);
     assert_eq!(
         metric_value(&chat.metrics().await, "hubbub_chat_posts_waiting"),
         0.0
@@ -1037,4 +1001,27 @@ async fn wait_for_lock_waiters(db: &sea_orm::DatabaseConnection, n: i64) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("never {n} sessions waiting for a lock");
+}
+
+/// A post to channel `free` is answered 201 within `within`, whatever else is held.
+async fn free_channel_is_served(chat: &TestApp, text: &str, within: Duration) {
+    let answer = tokio::time::timeout(within, post(chat, "free", "bob", text))
+        .await
+        .expect("a post to `free` is not held up by the held channels");
+    assert_eq!(answer.status(), 201);
+}
+
+/// How many messages `channel` has in the database.
+async fn stored_in(db: &sea_orm::DatabaseConnection, channel: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    db.query_one_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        "SELECT COUNT(*) AS n FROM chat_messages WHERE channel = $1",
+        [channel.into()],
+    ))
+    .await
+    .expect("count")
+    .expect("row")
+    .try_get("", "n")
+    .expect("n")
 }
