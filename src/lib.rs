@@ -8,7 +8,6 @@ pub mod cli;
 pub mod configuration;
 pub mod domain;
 pub mod http;
-pub mod journald;
 pub mod lifecycle;
 pub mod metrics;
 pub mod roles;

@@ -214,7 +214,7 @@ fn finish(
         .with_label_values(&[tag.role, tag.route, method_label])
         .observe(elapsed.as_secs_f64());
     tracing::info!(
-        target: "hubbub::access",
+        target: crate::telemetry::access::TARGET,
         request_id = %meta.id,
         client_ip = %meta.client_ip,
         method = %method,

@@ -133,69 +133,90 @@ where
     W: for<'w> MakeWriter<'w> + 'static,
 {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let metadata = event.metadata();
         let mut entry = Vec::with_capacity(512);
-        let priority: &[u8] = match *metadata.level() {
-            Level::ERROR => b"3",
-            Level::WARN => b"4",
-            Level::INFO => b"5",
-            Level::DEBUG => b"6",
-            Level::TRACE => b"7",
-        };
-        put(&mut entry, "PRIORITY", priority);
-        put(&mut entry, "TARGET", metadata.target().as_bytes());
-        if let Some(file) = metadata.file() {
-            put(&mut entry, "CODE_FILE", file.as_bytes());
-        }
-        if let Some(line) = metadata.line() {
-            put(&mut entry, "CODE_LINE", line.to_string().as_bytes());
-        }
-        put(&mut entry, "SYSLOG_IDENTIFIER", self.identifier.as_bytes());
-        event.record(&mut Fields {
-            entry: &mut entry,
-            text: String::new(),
-        });
+        encode(&mut entry, event, &self.identifier);
         // Nothing sensible is left to do with a failure to log.
         let _ = self.writer.make_writer().write_all(&entry);
     }
 }
 
+/// Appends `event` to `entry` as one journal entry, with `SYSLOG_IDENTIFIER=identifier`.
+pub fn encode(entry: &mut Vec<u8>, event: &Event<'_>, identifier: &str) {
+    let metadata = event.metadata();
+    let priority: &[u8] = match *metadata.level() {
+        Level::ERROR => b"3",
+        Level::WARN => b"4",
+        Level::INFO => b"5",
+        Level::DEBUG => b"6",
+        Level::TRACE => b"7",
+    };
+    put(entry, "PRIORITY", priority);
+    put(entry, "TARGET", metadata.target().as_bytes());
+    if let Some(file) = metadata.file() {
+        put(entry, "CODE_FILE", file.as_bytes());
+    }
+    if let Some(line) = metadata.line() {
+        put(
+            entry,
+            "CODE_LINE",
+            itoa::Buffer::new().format(line).as_bytes(),
+        );
+    }
+    put(entry, "SYSLOG_IDENTIFIER", identifier.as_bytes());
+    event.record(&mut Fields { entry });
+}
+
 struct Fields<'a> {
     entry: &'a mut Vec<u8>,
-    text: String,
 }
 
 impl Fields<'_> {
-    fn put_field(&mut self, field: &Field, value: &[u8]) {
+    /// The field's name as journald takes it: `MESSAGE`, or `F_` and the name in
+    /// capitals, with what journald refuses left out.
+    fn put_name(&mut self, field: &Field) {
         if field.name() == "message" {
-            put(self.entry, "MESSAGE", value);
+            self.entry.extend_from_slice(b"MESSAGE");
         } else {
-            let mut name = String::from("F_");
-            name.extend(
+            self.entry.extend_from_slice(b"F_");
+            self.entry.extend(
                 field
                     .name()
-                    .chars()
-                    .map(|c| if c == '.' { '_' } else { c })
-                    .skip_while(|c| *c == '_')
-                    .filter(|c| *c == '_' || c.is_ascii_alphanumeric())
+                    .bytes()
+                    .map(|c| if c == b'.' { b'_' } else { c })
+                    .skip_while(|c| *c == b'_')
+                    .filter(|c| *c == b'_' || c.is_ascii_alphanumeric())
                     .map(|c| c.to_ascii_uppercase()),
             );
-            put(self.entry, &name, value);
         }
     }
 }
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put_field(field, value.as_bytes());
+        self.put_name(field);
+        put_value(self.entry, value.as_bytes());
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.text.clear();
-        let _ = write!(self.text, "{value:?}");
-        let text = std::mem::take(&mut self.text);
-        self.put_field(field, text.as_bytes());
-        self.text = text;
+        self.put_name(field);
+        // The value is formatted in place; its length is filled in afterwards.
+        self.entry.push(b'\n');
+        let at = self.entry.len();
+        self.entry.extend_from_slice(&[0; 8]);
+        let _ = write!(Utf8Sink(self.entry), "{value:?}");
+        let length = (self.entry.len() - at - 8) as u64;
+        self.entry[at..at + 8].copy_from_slice(&length.to_le_bytes());
+        self.entry.push(b'\n');
+    }
+}
+
+/// `fmt::Write` into a byte buffer.
+pub(super) struct Utf8Sink<'a>(pub(super) &'a mut Vec<u8>);
+
+impl fmt::Write for Utf8Sink<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -203,6 +224,10 @@ impl Visit for Fields<'_> {
 /// the protocol's form that allows any bytes, newlines included, in a value.
 fn put(entry: &mut Vec<u8>, name: &str, value: &[u8]) {
     entry.extend_from_slice(name.as_bytes());
+    put_value(entry, value);
+}
+
+fn put_value(entry: &mut Vec<u8>, value: &[u8]) {
     entry.push(b'\n');
     entry.extend_from_slice(&(value.len() as u64).to_le_bytes());
     entry.extend_from_slice(value);

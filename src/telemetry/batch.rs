@@ -1,0 +1,403 @@
+//! The queue between the threads that log and the logging thread. An event is
+//! encoded straight into one of a few buffers (chosen by thread, so each is nearly
+//! always uncontended), and the logging thread takes each buffer whole and writes it
+//! with one call. Per event that costs one uncontended lock: no allocation, no
+//! channel message, no wake-up of the logging thread while it is busy.
+//!
+//! Bounds: a buffer is handed over at 64 KiB and at most four handed-over buffers
+//! wait per slot; a thread that would exceed that waits for the logging thread
+//! (requests wait rather than lose events), so at most about 5 MiB are queued.
+//! Events of one thread keep their order; events of different threads are written
+//! in the order their buffers are taken, at most a few milliseconds apart.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+const SLOTS: usize = 16;
+const BATCH_BYTES: usize = 64 * 1024;
+const WAITING_BATCHES: usize = 4;
+/// How long the logging thread rests after writing: events that arrive meanwhile
+/// are written together with one call, and nobody wakes it.
+const LINGER: Duration = Duration::from_millis(1);
+/// How long it sleeps when it found nothing; a new event wakes it at once, this is
+/// only a backstop.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// A waiting thread looks again after this long, in case the logging thread ended.
+const FULL_WAIT: Duration = Duration::from_millis(50);
+
+/// Where the logging thread writes what it takes.
+pub trait Sink: Send + 'static {
+    /// One taken buffer: whole events, in the order they were appended. With
+    /// [`Framing::Entries`], each event is prefixed by its length (see [`entries`]).
+    fn write_batch(&mut self, batch: &[u8]);
+}
+
+/// Whether events need their boundaries kept (a journal entry is one datagram) or
+/// are a stream of lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Lines,
+    Entries,
+}
+
+/// The events of a batch written with [`Framing::Entries`].
+pub fn entries(mut batch: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (length, rest) = batch.split_first_chunk::<4>()?;
+        let length = usize::try_from(u32::from_le_bytes(*length)).ok()?;
+        let (entry, rest) = rest.split_at_checked(length)?;
+        batch = rest;
+        Some(entry)
+    })
+}
+
+#[derive(Default)]
+struct Slot {
+    filling: Vec<u8>,
+    handed_over: VecDeque<Vec<u8>>,
+}
+
+struct Shared {
+    slots: [(Mutex<Slot>, Condvar); SLOTS],
+    /// The logging thread is asleep for `IDLE_WAIT` and must be woken for an event.
+    idle: AtomicBool,
+    stopping: AtomicBool,
+    /// The logging thread has ended: nobody takes buffers any more.
+    ended: AtomicBool,
+    thread: OnceLock<Thread>,
+}
+
+impl Shared {
+    fn lock(&self, index: usize) -> MutexGuard<'_, Slot> {
+        // A panic while encoding leaves no partial event (see `append`).
+        self.slots[index]
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+/// The appending side; cheap to clone.
+#[derive(Clone)]
+pub struct Batches {
+    shared: Arc<Shared>,
+    framing: Framing,
+}
+
+/// Stops the logging thread when dropped, after it wrote everything appended so far.
+#[must_use = "dropping the guard stops the logging thread"]
+pub struct Stopper {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the logging thread, which writes to `sink`.
+pub fn start(name: &str, framing: Framing, sink: impl Sink) -> std::io::Result<(Batches, Stopper)> {
+    let shared = Arc::new(Shared {
+        slots: std::array::from_fn(|_| Default::default()),
+        idle: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        ended: AtomicBool::new(false),
+        thread: OnceLock::new(),
+    });
+    let thread = std::thread::Builder::new().name(name.to_owned()).spawn({
+        let shared = Arc::clone(&shared);
+        move || write_until_stopped(&shared, sink)
+    })?;
+    let _ = shared.thread.set(thread.thread().clone());
+    Ok((
+        Batches {
+            shared: Arc::clone(&shared),
+            framing,
+        },
+        Stopper {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// This thread's slot: threads take slots in turn, so the few runtime workers each
+/// have their own.
+fn slot_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+    }
+    INDEX.with(|index| *index)
+}
+
+/// Removes a partly encoded event if encoding panics.
+struct Unfinished<'a> {
+    buffer: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.buffer.truncate(self.start);
+    }
+}
+
+impl Batches {
+    /// Appends one event, which `encode` writes at the end of the buffer it is given.
+    pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let index = slot_index();
+        let mut slot = self.shared.lock(index);
+        let start = slot.filling.len();
+        let unfinished = Unfinished {
+            buffer: &mut slot.filling,
+            start,
+        };
+        if self.framing == Framing::Entries {
+            unfinished.buffer.extend_from_slice(&[0; 4]);
+        }
+        encode(unfinished.buffer);
+        if self.framing == Framing::Entries {
+            let length = unfinished.buffer.len() - start - 4;
+            let Ok(length) = u32::try_from(length) else {
+                return; // 4 GiB in one event: dropped (`unfinished` removes it)
+            };
+            unfinished.buffer[start..start + 4].copy_from_slice(&length.to_le_bytes());
+        }
+        std::mem::forget(unfinished);
+        if slot.filling.len() >= BATCH_BYTES {
+            slot = self.hand_over(index, slot);
+        }
+        drop(slot);
+        if self.shared.idle.load(Ordering::SeqCst) && self.shared.idle.swap(false, Ordering::SeqCst)
+        {
+            self.shared.wake();
+        }
+    }
+
+    /// Queues the full buffer for the logging thread, first waiting while the slot
+    /// already has `WAITING_BATCHES` queued.
+    fn hand_over<'a>(
+        &'a self,
+        index: usize,
+        mut slot: MutexGuard<'a, Slot>,
+    ) -> MutexGuard<'a, Slot> {
+        let ready = &self.shared.slots[index].1;
+        while slot.handed_over.len() >= WAITING_BATCHES {
+            if self.shared.ended.load(Ordering::SeqCst) {
+                // Nobody will write them: keep the newest events rather than block.
+                slot.handed_over.clear();
+                break;
+            }
+            self.shared.wake();
+            slot = ready
+                .wait_timeout(slot, FULL_WAIT)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let full = std::mem::replace(&mut slot.filling, Vec::with_capacity(BATCH_BYTES));
+        slot.handed_over.push_back(full);
+        self.shared.wake();
+        slot
+    }
+}
+
+/// Marks the thread as ended however it ends, and frees anyone waiting for it.
+struct EndedOnDrop<'a>(&'a Shared);
+
+impl Drop for EndedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::SeqCst);
+        for (_, ready) in &self.0.slots {
+            ready.notify_all();
+        }
+    }
+}
+
+fn write_until_stopped(shared: &Shared, mut sink: impl Sink) {
+    let _ended = EndedOnDrop(shared);
+    let mut spares: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Read before the sweep: everything appended before the stop is written.
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        let wrote = write_all_taken(shared, &mut sink, &mut spares);
+        if stopping {
+            return;
+        }
+        if wrote {
+            std::thread::sleep(LINGER);
+            continue;
+        }
+        shared.idle.store(true, Ordering::SeqCst);
+        // An event appended before `idle` was set did not wake us: look once more.
+        if write_all_taken(shared, &mut sink, &mut spares) || shared.stopping.load(Ordering::SeqCst)
+        {
+            shared.idle.store(false, Ordering::SeqCst);
+            continue;
+        }
+        std::thread::park_timeout(IDLE_WAIT);
+        shared.idle.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Takes every slot's buffers and writes them; true when there was anything.
+fn write_all_taken(shared: &Shared, sink: &mut impl Sink, spares: &mut Vec<Vec<u8>>) -> bool {
+    let mut wrote = false;
+    let mut taken = Vec::new();
+    for index in 0..SLOTS {
+        let mut slot = shared.lock(index);
+        if slot.filling.is_empty() && slot.handed_over.is_empty() {
+            continue;
+        }
+        taken.extend(slot.handed_over.drain(..));
+        if !slot.filling.is_empty() {
+            let spare = spares.pop().unwrap_or_default();
+            taken.push(std::mem::replace(&mut slot.filling, spare));
+        }
+        drop(slot);
+        shared.slots[index].1.notify_all();
+        for mut batch in taken.drain(..) {
+            sink.write_batch(&batch);
+            batch.clear();
+            if spares.len() < SLOTS && batch.capacity() <= 2 * BATCH_BYTES {
+                spares.push(batch);
+            }
+        }
+        wrote = true;
+    }
+    wrote
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Sends each event it writes (framed) to the test, optionally slowly.
+    struct Collect {
+        events: mpsc::Sender<Vec<u8>>,
+        pause: Duration,
+    }
+
+    impl Sink for Collect {
+        fn write_batch(&mut self, batch: &[u8]) {
+            std::thread::sleep(self.pause);
+            for entry in entries(batch) {
+                let _ = self.events.send(entry.to_vec());
+            }
+        }
+    }
+
+    fn collecting(pause: Duration) -> (Batches, Stopper, mpsc::Receiver<Vec<u8>>) {
+        let (events, received) = mpsc::channel();
+        let (batches, stopper) =
+            start("test-log", Framing::Entries, Collect { events, pause }).expect("thread");
+        (batches, stopper, received)
+    }
+
+    #[test]
+    fn every_event_of_every_thread_is_written_once_and_in_its_threads_order() {
+        let (batches, stopper, received) = collecting(Duration::ZERO);
+        let threads: Vec<_> = (0..24u8)
+            .map(|thread| {
+                let batches = batches.clone();
+                std::thread::spawn(move || {
+                    for n in 0..5_000u32 {
+                        batches.append(|buffer| {
+                            buffer.push(thread);
+                            buffer.extend_from_slice(&n.to_le_bytes());
+                            // Some large events, so buffers are handed over full.
+                            buffer.resize(buffer.len() + (n as usize % 7) * 100, b'x');
+                        });
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("appender");
+        }
+        drop(stopper);
+        let mut next = [0u32; 24];
+        for event in received.try_iter() {
+            let thread = usize::from(event[0]);
+            let n = u32::from_le_bytes(event[1..5].try_into().expect("4 bytes"));
+            assert_eq!(n, next[thread], "thread {thread}");
+            assert_eq!(event.len(), 5 + (n as usize % 7) * 100);
+            next[thread] += 1;
+        }
+        assert_eq!(next, [5_000; 24]);
+    }
+
+    #[test]
+    fn an_event_after_a_quiet_spell_is_written_at_once() {
+        let (batches, _stopper, received) = collecting(Duration::ZERO);
+        for _ in 0..3 {
+            // Long enough for the logging thread to have gone idle.
+            std::thread::sleep(Duration::from_millis(30));
+            let appended = Instant::now();
+            batches.append(|buffer| buffer.extend_from_slice(b"hello"));
+            let event = received.recv_timeout(IDLE_WAIT).expect("written");
+            assert_eq!(event, b"hello");
+            assert!(
+                appended.elapsed() < IDLE_WAIT / 5,
+                "{:?}",
+                appended.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn a_slow_sink_makes_appenders_wait_instead_of_queueing_without_bound() {
+        let (batches, stopper, received) = collecting(Duration::from_millis(20));
+        let started = Instant::now();
+        // 40 buffers' worth from one thread: at most WAITING_BATCHES + 1 may queue,
+        // so the appender has to wait for most of the sink's pauses.
+        let event = vec![b'y'; 1024];
+        for _ in 0..40 * 64 {
+            batches.append(|buffer| buffer.extend_from_slice(&event));
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(20 * 30),
+            "appending did not wait: {:?}",
+            started.elapsed()
+        );
+        drop(stopper);
+        assert_eq!(received.try_iter().count(), 40 * 64, "nothing lost");
+    }
+
+    #[test]
+    fn a_panic_while_encoding_leaves_no_partial_event() {
+        let (batches, stopper, received) = collecting(Duration::ZERO);
+        batches.append(|buffer| buffer.extend_from_slice(b"before"));
+        let panicking = batches.clone();
+        let outcome = std::thread::spawn(move || {
+            panicking.append(|buffer| {
+                buffer.extend_from_slice(b"half");
+                panic!("a Debug impl panicked");
+            })
+        })
+        .join();
+        assert!(outcome.is_err());
+        batches.append(|buffer| buffer.extend_from_slice(b"after"));
+        drop(stopper);
+        let events: Vec<Vec<u8>> = received.try_iter().collect();
+        assert_eq!(events, [b"before".to_vec(), b"after".to_vec()]);
+    }
+}
