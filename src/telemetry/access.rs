@@ -5,7 +5,7 @@
 //! time are formatted once a second, numbers without `core::fmt`, and nothing is
 //! allocated per event.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,12 +45,34 @@ impl AccessLayer {
 
 impl<S: Subscriber> Layer<S> for AccessLayer {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        match self.form {
-            Form::Text => self.batches.append(|line| text(line, event)),
-            Form::Json => self.batches.append(|line| json(line, event)),
-            Form::Journal => self
-                .batches
-                .append(|entry| journald::encode(entry, event, self.identifier)),
+        // Encoded before it is appended: a field's `Debug` may log in turn (with only
+        // a global subscriber, tracing passes such an event on), and appending while
+        // encoding would hold the slot's lock across that.
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let encode = |buffer: &mut Vec<u8>| match self.form {
+            Form::Text => text(buffer, event),
+            Form::Json => json(buffer, event),
+            Form::Journal => journald::encode(buffer, event, self.identifier),
+        };
+        let reused = SCRATCH.try_with(|scratch| {
+            let Ok(mut buffer) = scratch.try_borrow_mut() else {
+                return false;
+            };
+            buffer.clear();
+            encode(&mut buffer);
+            self.batches.append(|out| out.extend_from_slice(&buffer));
+            // One oversized event does not keep its memory for good.
+            if buffer.capacity() > 64 * 1024 {
+                *buffer = Vec::new();
+            }
+            true
+        });
+        if reused != Ok(true) {
+            let mut buffer = Vec::with_capacity(512);
+            encode(&mut buffer);
+            self.batches.append(|out| out.extend_from_slice(&buffer));
         }
     }
 }
@@ -500,6 +522,61 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(600));
         }
+    }
+
+    #[test]
+    fn a_field_that_logs_while_it_is_formatted_does_not_hang_the_thread() {
+        use tracing_subscriber::filter::filter_fn;
+
+        use super::super::batch::{self, Framing, Sink};
+
+        struct Lines(std::sync::mpsc::Sender<String>);
+        impl Sink for Lines {
+            fn write_batch(&mut self, batch: &[u8]) {
+                for line in String::from_utf8_lossy(batch).lines() {
+                    let _ = self.0.send(line.to_owned());
+                }
+            }
+        }
+        struct LogsWhenFormatted;
+        impl fmt::Debug for LogsWhenFormatted {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                tracing::info!(target: "hubbub::access", "nested");
+                f.write_str("formatted")
+            }
+        }
+        let (lines, written) = std::sync::mpsc::channel();
+        let (batches, stop) =
+            batch::start("test-access", Framing::Lines, Lines(lines)).expect("thread");
+        // Never stopped: were the thread hung, stopping would wait for it forever.
+        std::mem::forget(stop);
+        let layer = AccessLayer::new(batches, Form::Text, "hubbub")
+            .with_filter(filter_fn(|metadata| metadata.target() == TARGET));
+        // Only a global subscriber passes an event logged inside another one on
+        // (a scoped one drops it). No other test in this crate sets one.
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("the only global subscriber");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tracing::info!(target: "hubbub::access", field = ?LogsWhenFormatted, "outer");
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the logging call returned");
+        let mut seen: Vec<String> = Vec::new();
+        while seen.len() < 2 {
+            seen.push(
+                written
+                    .recv_timeout(std::time::Duration::from_secs(5))
+                    .expect("written"),
+            );
+        }
+        assert!(seen[0].ends_with("hubbub::access: nested"), "{seen:?}");
+        assert!(
+            seen[1].ends_with("hubbub::access: outer field=formatted"),
+            "{seen:?}"
+        );
     }
 
     trait TruncMicros {
