@@ -524,12 +524,51 @@ mod tests {
         }
     }
 
+    /// Set in the child process that `a_field_that_logs_…` starts.
+    const IN_CHILD: &str = "HUBBUB_TEST_NESTED_LOGGING_CHILD";
+
     #[test]
     fn a_field_that_logs_while_it_is_formatted_does_not_hang_the_thread() {
+        // In a process of its own: only a global subscriber passes on an event
+        // logged inside another one, and only while no test anywhere in the process
+        // has a scoped subscriber (tracing drops such an event otherwise).
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "telemetry::access::tests::nested_logging_child",
+                "--nocapture",
+            ])
+            .env(IN_CHILD, "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("child");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the child hung: logging inside a field's Debug deadlocked");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+            .expect("read");
+        assert!(status.success(), "{out}");
+        assert!(out.contains("1 passed"), "the child ran the test: {out}");
+    }
+
+    #[test]
+    fn nested_logging_child() {
         use tracing_subscriber::filter::filter_fn;
 
         use super::super::batch::{self, Framing, Sink};
 
+        if std::env::var_os(IN_CHILD).is_none() {
+            return;
+        }
         struct Lines(std::sync::mpsc::Sender<String>);
         impl Sink for Lines {
             fn write_batch(&mut self, batch: &[u8]) {
@@ -548,22 +587,13 @@ mod tests {
         let (lines, written) = std::sync::mpsc::channel();
         let (batches, stop) =
             batch::start("test-access", Framing::Lines, Lines(lines)).expect("thread");
-        // Never stopped: were the thread hung, stopping would wait for it forever.
+        // Never stopped: were the thread hung, stopping would wait for it.
         std::mem::forget(stop);
         let layer = AccessLayer::new(batches, Form::Text, "hubbub")
             .with_filter(filter_fn(|metadata| metadata.target() == TARGET));
-        // Only a global subscriber passes an event logged inside another one on
-        // (a scoped one drops it). No other test in this crate sets one.
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
             .expect("the only global subscriber");
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            tracing::info!(target: "hubbub::access", field = ?LogsWhenFormatted, "outer");
-            let _ = done.send(());
-        });
-        finished
-            .recv_timeout(std::time::Duration::from_secs(5))
-            .expect("the logging call returned");
+        tracing::info!(target: "hubbub::access", field = ?LogsWhenFormatted, "outer");
         let mut seen: Vec<String> = Vec::new();
         while seen.len() < 2 {
             seen.push(

@@ -1,9 +1,9 @@
 //! Events to journald in its native protocol, off the request path: the event is
-//! encoded where it happens (a few hundred bytes), and a logging thread
-//! (tracing-appender's non-blocking writer) sends one datagram per event to the
-//! journal socket. Fields are what `tracing-journald` wrote before: `PRIORITY`,
-//! `TARGET`, `CODE_FILE`, `CODE_LINE`, `SYSLOG_IDENTIFIER`, `MESSAGE` and each event
-//! field as `F_<NAME>`.
+//! encoded where it happens (a few hundred bytes) into the logging thread's buffers
+//! (`super::batch`), and that thread sends one datagram per event to the journal
+//! socket. Fields are what `tracing-journald` wrote before: `PRIORITY`, `TARGET`,
+//! `CODE_FILE`, `CODE_LINE`, `SYSLOG_IDENTIFIER`, `MESSAGE` and each event field as
+//! `F_<NAME>`.
 
 use std::fmt::{self, Write as _};
 use std::io::{self, IoSlice, Write};

@@ -106,19 +106,14 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
         // any that slip through out of the logs whatever RUST_LOG says.
         .add_directive(QUIET_TARGET.parse()?);
     let registry = tracing_subscriber::registry().with(filter);
-    // Each event goes to one layer: the access log's, the queued general one (INFO
-    // and below), or the immediate one. Warnings and errors are rare and written at
-    // once, so none is lost when the process dies the next moment (fail2ban reads
-    // some of them).
-    let access_log = || filter_fn(|metadata| metadata.target() == access::TARGET);
-    let queued = || {
-        filter_fn(|metadata| *metadata.level() > Level::WARN && metadata.target() != access::TARGET)
-    };
-    let at_once = || {
-        filter_fn(|metadata| {
-            *metadata.level() <= Level::WARN && metadata.target() != access::TARGET
-        })
-    };
+    // Each event goes to one layer: the access log's (INFO and below), the queued
+    // general one (INFO and below), or the immediate one. Warnings and errors are rare
+    // and written at once, so none is lost when the process dies the next moment
+    // (fail2ban reads some of them).
+    let queued = |metadata: &tracing::Metadata<'_>| *metadata.level() > Level::WARN;
+    let access_log = move || filter_fn(move |m| queued(m) && m.target() == access::TARGET);
+    let general = move || filter_fn(move |m| queued(m) && m.target() != access::TARGET);
+    let at_once = move || filter_fn(move |m| !queued(m));
     let journal = match output {
         LogOutput::Journald => JournalSocket::connect()
             .and_then(|queued| Ok((queued, JournalSocket::connect()?)))
@@ -130,7 +125,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
             let (batches, stop) =
                 batch::start(LOG_THREAD, Framing::Entries, Journal(queued_socket))?;
             registry
-                .with(JournaldLayer::new(batches.clone(), IDENTIFIER).with_filter(queued()))
+                .with(JournaldLayer::new(batches.clone(), IDENTIFIER).with_filter(general()))
                 .with(
                     AccessLayer::new(batches, Form::Journal, IDENTIFIER).with_filter(access_log()),
                 )
@@ -149,7 +144,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
                         .json()
                         .flatten_event(true)
                         .with_writer(batches.clone())
-                        .with_filter(queued()),
+                        .with_filter(general()),
                 )
                 .with(AccessLayer::new(batches, Form::Json, IDENTIFIER).with_filter(access_log()))
                 .with(
@@ -171,7 +166,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
                     fmt::layer()
                         .with_ansi(ansi)
                         .with_writer(batches.clone())
-                        .with_filter(queued()),
+                        .with_filter(general()),
                 )
                 .with(AccessLayer::new(batches, Form::Text, IDENTIFIER).with_filter(access_log()))
                 .with(
