@@ -536,6 +536,7 @@ mod tests {
             .args([
                 "--exact",
                 "telemetry::access::tests::nested_logging_child",
+                "--ignored",
                 "--nocapture",
             ])
             .env(IN_CHILD, "1")
@@ -561,6 +562,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "run by a_field_that_logs_while_it_is_formatted_does_not_hang_the_thread"]
     fn nested_logging_child() {
         use tracing_subscriber::filter::filter_fn;
 
@@ -576,6 +578,7 @@ mod tests {
                     let _ = self.0.send(line.to_owned());
                 }
             }
+            fn report_loss(&mut self, _: usize) {}
         }
         struct LogsWhenFormatted;
         impl fmt::Debug for LogsWhenFormatted {

@@ -222,7 +222,7 @@ impl fmt::Write for Utf8Sink<'_> {
 
 /// `NAME`, newline, the value's length (64-bit little endian), the value, newline:
 /// the protocol's form that allows any bytes, newlines included, in a value.
-fn put(entry: &mut Vec<u8>, name: &str, value: &[u8]) {
+pub(super) fn put(entry: &mut Vec<u8>, name: &str, value: &[u8]) {
     entry.extend_from_slice(name.as_bytes());
     put_value(entry, value);
 }
