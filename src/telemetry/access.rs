@@ -206,14 +206,12 @@ impl Visit for TextFields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.name(field);
-        self.line
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        integer(self.line, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.name(field);
-        self.line
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        integer(self.line, value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -291,14 +289,12 @@ impl Visit for JsonFields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.name(field);
-        self.line
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        integer(self.line, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.name(field);
-        self.line
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        integer(self.line, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -330,6 +326,10 @@ impl Visit for JsonFields<'_> {
             self.line.push(b'"');
         }
     }
+}
+
+fn integer(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn json_string(out: &mut Vec<u8>, value: &str) {
