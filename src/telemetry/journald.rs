@@ -34,7 +34,7 @@ impl JournalSocket {
         Self::connect_to(Path::new(SOCKET))
     }
 
-    fn connect_to(path: &Path) -> io::Result<Self> {
+    pub(super) fn connect_to(path: &Path) -> io::Result<Self> {
         let socket = Self {
             socket: Self::open(path)?,
             path: path.to_owned(),
@@ -235,7 +235,7 @@ fn put_value(entry: &mut Vec<u8>, value: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::layer::SubscriberExt;
@@ -266,7 +266,7 @@ mod tests {
     }
 
     /// Reads `NAME\n<len><value>\n` fields back.
-    fn fields(mut entry: &[u8]) -> Vec<(String, String)> {
+    pub(crate) fn fields(mut entry: &[u8]) -> Vec<(String, String)> {
         let mut fields = Vec::new();
         while let Some(newline) = entry.iter().position(|b| *b == b'\n') {
             let name = String::from_utf8_lossy(&entry[..newline]).into_owned();
@@ -285,7 +285,7 @@ mod tests {
     }
 
     /// What a journald socket receives: the datagram, or the sealed memfd's contents.
-    fn receive(socket: &UnixDatagram) -> Vec<u8> {
+    pub(crate) fn receive(socket: &UnixDatagram) -> Vec<u8> {
         use std::io::{IoSliceMut, Read, Seek};
         use std::os::fd::OwnedFd;
 

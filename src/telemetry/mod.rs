@@ -209,3 +209,104 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
     };
     Ok(LogGuard { _stop: stop })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::journald::tests::{fields, receive};
+    use super::*;
+
+    /// The journal pipeline as `init` builds it, against a socket standing in for
+    /// journald: every event one datagram, each with its own fields, the access
+    /// event through its own encoder, a warning at once.
+    #[test]
+    fn each_event_reaches_the_journal_as_one_entry_of_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("socket");
+        let journal = UnixDatagram::bind(&path).expect("bind");
+        journal
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let queued = JournalSocket::connect_to(&path).expect("connect");
+        let direct = JournalSocket::connect_to(&path).expect("connect");
+        assert!(
+            receive(&journal).is_empty() && receive(&journal).is_empty(),
+            "the probes"
+        );
+        let (batches, stop) =
+            batch::start("test-journal", Framing::Entries, Journal(queued)).expect("thread");
+        let queued = |m: &tracing::Metadata<'_>| *m.level() > Level::WARN;
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                JournaldLayer::new(batches.clone(), IDENTIFIER).with_filter(filter_fn(move |m| {
+                    queued(m) && m.target() != access::TARGET
+                })),
+            )
+            .with(
+                AccessLayer::new(batches, Form::Journal, IDENTIFIER).with_filter(filter_fn(
+                    move |m| queued(m) && m.target() == access::TARGET,
+                )),
+            )
+            .with(
+                JournaldLayer::new(Mutex::new(direct), IDENTIFIER)
+                    .with_filter(filter_fn(move |m| !queued(m))),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            for n in 0..3u16 {
+                tracing::info!(
+                    target: "hubbub::access",
+                    request_id = %format!("r-{n}"),
+                    client_ip = %std::net::IpAddr::from([203, 0, 113, 7]),
+                    method = %http::Method::POST,
+                    route = "/api/chat/{channel}/messages",
+                    status = 201u16 + n,
+                    latency_ms = 1.5,
+                    "request"
+                );
+            }
+            tracing::info!(channel = "lobby\nsecond line", "an INFO event");
+            tracing::warn!(error = "refused", "a warning");
+        });
+        drop(stop);
+        let mut entries: Vec<Vec<(String, String)>> =
+            (0..5).map(|_| fields(&receive(&journal))).collect();
+        let get = |fields: &[(String, String)], name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
+        };
+        // The warning went straight to the socket, the rest through the logging
+        // thread, in their order.
+        let at = entries
+            .iter()
+            .position(|e| get(e, "PRIORITY") == "4")
+            .expect("the warning");
+        let warning = entries.remove(at);
+        let mut entries = entries.into_iter();
+        assert_eq!(get(&warning, "PRIORITY"), "4");
+        assert_eq!(get(&warning, "MESSAGE"), "a warning");
+        for n in 0..3u16 {
+            let access = entries.next().expect("an access entry");
+            assert_eq!(get(&access, "PRIORITY"), "5");
+            assert_eq!(get(&access, "TARGET"), "hubbub::access");
+            assert_eq!(get(&access, "SYSLOG_IDENTIFIER"), "hubbub");
+            assert_eq!(get(&access, "MESSAGE"), "request");
+            assert_eq!(get(&access, "F_REQUEST_ID"), format!("r-{n}"));
+            assert_eq!(get(&access, "F_CLIENT_IP"), "203.0.113.7");
+            assert_eq!(get(&access, "F_METHOD"), "POST");
+            assert_eq!(get(&access, "F_ROUTE"), "/api/chat/{channel}/messages");
+            assert_eq!(get(&access, "F_STATUS"), (201 + n).to_string());
+            assert_eq!(get(&access, "F_LATENCY_MS"), "1.5");
+            assert_eq!(access.iter().filter(|(n, _)| n == "MESSAGE").count(), 1);
+        }
+        let info = entries.next().expect("the INFO entry");
+        assert_eq!(get(&info, "MESSAGE"), "an INFO event");
+        assert_eq!(get(&info, "F_CHANNEL"), "lobby\nsecond line");
+        journal.set_nonblocking(true).expect("nonblocking");
+        let mut rest = [0u8; 16];
+        assert!(journal.recv(&mut rest).is_err(), "no other datagram");
+    }
+}
