@@ -11,12 +11,13 @@ pub mod journald;
 use std::io::{IsTerminal, Write as _};
 use std::sync::Mutex;
 
-use tracing::Level;
+use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{FilterFn, filter_fn};
 use tracing_subscriber::fmt::{self, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use access::{AccessLayer, Form};
@@ -125,6 +126,43 @@ impl<'a> MakeWriter<'a> for Batches {
     }
 }
 
+// Each event goes to one layer: the access log's (INFO and below), the queued
+// general one (INFO and below), or the immediate one. Warnings and errors are rare
+// and written at once, so none is lost when the process dies the next moment
+// (fail2ban reads some of them).
+fn queued(metadata: &Metadata<'_>) -> bool {
+    *metadata.level() > Level::WARN
+}
+
+fn access_log() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    filter_fn(|m| queued(m) && m.target() == access::TARGET)
+}
+
+fn general() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    filter_fn(|m| queued(m) && m.target() != access::TARGET)
+}
+
+fn at_once() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    filter_fn(|m| !queued(m))
+}
+
+/// The journal's layers: INFO and below through the logging thread to `queued`,
+/// warnings and errors straight to `direct`.
+fn journal_layers<S>(
+    queued: JournalSocket,
+    direct: JournalSocket,
+) -> std::io::Result<(impl Layer<S>, Stopper)>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    let (batches, stop) = batch::start(LOG_THREAD, Framing::Entries, Journal(queued))?;
+    let layers = JournaldLayer::new(batches.clone(), IDENTIFIER)
+        .with_filter(general())
+        .and_then(AccessLayer::new(batches, Form::Journal, IDENTIFIER).with_filter(access_log()))
+        .and_then(JournaldLayer::new(Mutex::new(direct), IDENTIFIER).with_filter(at_once()));
+    Ok((layers, stop))
+}
+
 /// Installs the global subscriber; the level comes from `RUST_LOG` (default `info`).
 pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env()
@@ -134,14 +172,6 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
         // any that slip through out of the logs whatever RUST_LOG says.
         .add_directive(QUIET_TARGET.parse()?);
     let registry = tracing_subscriber::registry().with(filter);
-    // Each event goes to one layer: the access log's (INFO and below), the queued
-    // general one (INFO and below), or the immediate one. Warnings and errors are rare
-    // and written at once, so none is lost when the process dies the next moment
-    // (fail2ban reads some of them).
-    let queued = |metadata: &tracing::Metadata<'_>| *metadata.level() > Level::WARN;
-    let access_log = move || filter_fn(move |m| queued(m) && m.target() == access::TARGET);
-    let general = move || filter_fn(move |m| queued(m) && m.target() != access::TARGET);
-    let at_once = move || filter_fn(move |m| !queued(m));
     let journal = match output {
         LogOutput::Journald => JournalSocket::connect()
             .and_then(|queued| Ok((queued, JournalSocket::connect()?)))
@@ -150,18 +180,8 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
     };
     let stop = match (output, journal) {
         (LogOutput::Journald, Some((queued_socket, direct_socket))) => {
-            let (batches, stop) =
-                batch::start(LOG_THREAD, Framing::Entries, Journal(queued_socket))?;
-            registry
-                .with(JournaldLayer::new(batches.clone(), IDENTIFIER).with_filter(general()))
-                .with(
-                    AccessLayer::new(batches, Form::Journal, IDENTIFIER).with_filter(access_log()),
-                )
-                .with(
-                    JournaldLayer::new(Mutex::new(direct_socket), IDENTIFIER)
-                        .with_filter(at_once()),
-                )
-                .try_init()?;
+            let (layers, stop) = journal_layers(queued_socket, direct_socket)?;
+            registry.with(layers).try_init()?;
             stop
         }
         (LogOutput::Json, _) => {
@@ -234,24 +254,8 @@ mod tests {
             receive(&journal).is_empty() && receive(&journal).is_empty(),
             "the probes"
         );
-        let (batches, stop) =
-            batch::start("test-journal", Framing::Entries, Journal(queued)).expect("thread");
-        let queued = |m: &tracing::Metadata<'_>| *m.level() > Level::WARN;
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                JournaldLayer::new(batches.clone(), IDENTIFIER).with_filter(filter_fn(move |m| {
-                    queued(m) && m.target() != access::TARGET
-                })),
-            )
-            .with(
-                AccessLayer::new(batches, Form::Journal, IDENTIFIER).with_filter(filter_fn(
-                    move |m| queued(m) && m.target() == access::TARGET,
-                )),
-            )
-            .with(
-                JournaldLayer::new(Mutex::new(direct), IDENTIFIER)
-                    .with_filter(filter_fn(move |m| !queued(m))),
-            );
+        let (layers, stop) = journal_layers(queued, direct).expect("thread");
+        let subscriber = tracing_subscriber::registry().with(layers);
         tracing::subscriber::with_default(subscriber, || {
             for n in 0..3u16 {
                 tracing::info!(
