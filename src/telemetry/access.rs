@@ -578,7 +578,6 @@ mod tests {
                     let _ = self.0.send(line.to_owned());
                 }
             }
-            fn report_loss(&mut self, _: usize) {}
         }
         struct LogsWhenFormatted;
         impl fmt::Debug for LogsWhenFormatted {

@@ -47,15 +47,23 @@ const SLACK: usize = 16 * 1024;
 /// nobody reads (a stderr pipe, a stalled journal) must not keep the process alive.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
-/// Where the logging thread writes what it takes. It must not log itself.
+/// Where the logging thread writes what it takes. It must not log below WARN (that
+/// would queue behind itself).
 pub trait Sink: Send + 'static {
     /// One taken buffer: whole events, in the order they were appended. With
     /// [`Framing::Entries`], each event is prefixed by its length (see [`entries`]).
     fn write_batch(&mut self, batch: &[u8]);
 
     /// Says that `bytes` of events were given up because this sink took nothing for
-    /// a while.
-    fn report_loss(&mut self, bytes: usize);
+    /// a while: a warning, which the layers write at once, not through this sink.
+    fn report_loss(&mut self, bytes: usize) {
+        tracing::warn!(
+            target: "hubbub::telemetry",
+            bytes,
+            "log events were dropped: the log sink took nothing for {} s",
+            STALL_WAIT.as_secs()
+        );
+    }
 }
 
 /// Whether events need their boundaries kept (a journal entry is one datagram) or
@@ -539,8 +547,6 @@ mod tests {
             fn write_batch(&mut self, _: &[u8]) {
                 std::thread::sleep(Duration::from_secs(3600));
             }
-
-            fn report_loss(&mut self, _: usize) {}
         }
         let (batches, stopper) = start("test-log", Framing::Lines, Stuck).expect("thread");
         batches.append(|buffer| buffer.extend_from_slice(b"never written\n"));

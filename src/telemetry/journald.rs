@@ -222,7 +222,7 @@ impl fmt::Write for Utf8Sink<'_> {
 
 /// `NAME`, newline, the value's length (64-bit little endian), the value, newline:
 /// the protocol's form that allows any bytes, newlines included, in a value.
-pub(super) fn put(entry: &mut Vec<u8>, name: &str, value: &[u8]) {
+fn put(entry: &mut Vec<u8>, name: &str, value: &[u8]) {
     entry.extend_from_slice(name.as_bytes());
     put_value(entry, value);
 }
@@ -282,6 +282,15 @@ pub(super) mod tests {
         }
         assert!(entry.is_empty());
         fields
+    }
+
+    /// The value of field `name` of an entry read back by `fields`.
+    pub(crate) fn get(fields: &[(String, String)], name: &str) -> String {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
     }
 
     /// What a journald socket receives: the datagram, or the sealed memfd's contents.
@@ -379,13 +388,6 @@ pub(super) mod tests {
         let entries = entries.0.lock().expect("lock");
         assert_eq!(entries.len(), 2);
         let access = fields(&entries[0]);
-        let get = |fields: &[(String, String)], name: &str| {
-            fields
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
-        };
         assert_eq!(get(&access, "PRIORITY"), "5");
         assert_eq!(get(&access, "TARGET"), "hubbub::access");
         assert_eq!(get(&access, "SYSLOG_IDENTIFIER"), "hubbub");

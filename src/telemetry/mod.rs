@@ -55,31 +55,13 @@ pub struct LogGuard {
     _stop: Stopper,
 }
 
-/// What the log says when events were given up (see `batch`).
-const LOSS_TARGET: &str = "hubbub::telemetry";
-const LOSS_MESSAGE: &str = "log events were dropped: the log sink took nothing for 5 s";
-
-/// Lines to stderr, a taken buffer with one call; `json` for the form of the loss report.
-struct Stderr {
-    json: bool,
-}
+/// Lines to stderr, a taken buffer with one call.
+struct Stderr;
 
 impl Sink for Stderr {
     fn write_batch(&mut self, batch: &[u8]) {
         // Nothing sensible is left to do with a failure to log.
         let _ = std::io::stderr().lock().write_all(batch);
-    }
-
-    fn report_loss(&mut self, bytes: usize) {
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let line = if self.json {
-            format!(
-                "{{\"timestamp\":\"{time}\",\"level\":\"WARN\",\"message\":\"{LOSS_MESSAGE}\",\"bytes\":{bytes},\"target\":\"{LOSS_TARGET}\"}}\n"
-            )
-        } else {
-            format!("{time}  WARN {LOSS_TARGET}: {LOSS_MESSAGE} bytes={bytes}\n")
-        };
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
 
@@ -91,16 +73,6 @@ impl Sink for Journal {
         for entry in batch::entries(batch) {
             let _ = self.0.write(entry);
         }
-    }
-
-    fn report_loss(&mut self, bytes: usize) {
-        let mut entry = Vec::new();
-        journald::put(&mut entry, "PRIORITY", b"4");
-        journald::put(&mut entry, "TARGET", LOSS_TARGET.as_bytes());
-        journald::put(&mut entry, "SYSLOG_IDENTIFIER", IDENTIFIER.as_bytes());
-        journald::put(&mut entry, "MESSAGE", LOSS_MESSAGE.as_bytes());
-        journald::put(&mut entry, "F_BYTES", bytes.to_string().as_bytes());
-        let _ = self.0.write(&entry);
     }
 }
 
@@ -185,7 +157,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
             stop
         }
         (LogOutput::Json, _) => {
-            let (batches, stop) = batch::start(LOG_THREAD, Framing::Lines, Stderr { json: true })?;
+            let (batches, stop) = batch::start(LOG_THREAD, Framing::Lines, Stderr)?;
             registry
                 .with(
                     fmt::layer()
@@ -207,7 +179,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
         }
         // Text, and journald without a journal socket after all (e.g. a container).
         (LogOutput::Text | LogOutput::Journald, _) => {
-            let (batches, stop) = batch::start(LOG_THREAD, Framing::Lines, Stderr { json: false })?;
+            let (batches, stop) = batch::start(LOG_THREAD, Framing::Lines, Stderr)?;
             let ansi = output == LogOutput::Text && std::io::stderr().is_terminal();
             registry
                 .with(
@@ -234,7 +206,7 @@ pub fn init(output: LogOutput) -> anyhow::Result<LogGuard> {
 mod tests {
     use std::os::unix::net::UnixDatagram;
 
-    use super::journald::tests::{fields, receive};
+    use super::journald::tests::{fields, get, receive};
     use super::*;
 
     /// The journal pipeline as `init` builds it, against a socket standing in for
@@ -275,13 +247,6 @@ mod tests {
         drop(stop);
         let mut entries: Vec<Vec<(String, String)>> =
             (0..5).map(|_| fields(&receive(&journal))).collect();
-        let get = |fields: &[(String, String)], name: &str| {
-            fields
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
-        };
         // The warning went straight to the socket, the rest through the logging
         // thread, in their order.
         let at = entries
