@@ -18,6 +18,7 @@ use warp::reply::{Reply, Response};
 use super::client_ip::TrustedProxies;
 use super::error::ApiError;
 use super::fast_routes::FastRoutes;
+use super::wire::Wire;
 use crate::metrics::HttpMetrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -37,6 +38,11 @@ pub struct RequestMeta {
     /// Asked with HEAD (routed as GET): answer as GET would, but change nothing.
     pub head: bool,
 }
+
+/// The connection's socket, in the extensions of HTTP/1.1 requests (whose streamed
+/// responses hyper sends chunked): for an SSE body that writes to it itself.
+#[derive(Clone)]
+pub struct ConnectionWire(pub Arc<Wire>);
 
 /// The role and route template that answered, attached to the response so the
 /// metrics never see raw paths.
@@ -65,15 +71,23 @@ pub struct Middleware<S> {
     fast: FastRoutes,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    wire: Arc<Wire>,
 }
 
 impl<S> Middleware<S> {
-    pub fn new(inner: S, fast: FastRoutes, shared: Arc<Shared>, peer: SocketAddr) -> Self {
+    pub fn new(
+        inner: S,
+        fast: FastRoutes,
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        wire: Arc<Wire>,
+    ) -> Self {
         Self {
             inner,
             fast,
             shared,
             peer,
+            wire,
         }
     }
 }
@@ -128,6 +142,11 @@ where
                 let response = guarded(answer.map(Ok), &meta.id).await;
                 Ok(finish(response, &meta, &method, started, &shared))
             });
+        }
+        if request.version() == warp::http::Version::HTTP_11 {
+            request
+                .extensions_mut()
+                .insert(ConnectionWire(self.wire.clone()));
         }
         request.extensions_mut().insert(meta.clone());
         let future = self.inner.call(request);

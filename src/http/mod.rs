@@ -10,11 +10,12 @@ pub mod html;
 pub mod middleware;
 pub mod page;
 pub mod server;
+pub mod wire;
 mod write_timeout;
 
 pub use error::ApiError;
 pub use fast_routes::{FastFuture, FastRoutes};
-pub use middleware::{RequestMeta, tagged};
+pub use middleware::{ConnectionWire, RequestMeta, tagged};
 
 use warp::Filter;
 

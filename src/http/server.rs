@@ -14,6 +14,7 @@ use warp::reply::Response;
 
 use super::fast_routes::FastRoutes;
 use super::middleware::{Middleware, Shared};
+use super::wire::Wire;
 use super::write_timeout::WriteTimeout;
 
 /// Clients that take longer than this to send their request headers are cut off
@@ -21,7 +22,7 @@ use super::write_timeout::WriteTimeout;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that takes nothing we write for this long is gone (an SSE client that
 /// stopped reading): its connection is closed and its memory freed.
-const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `fast` and then `app` on `listener` until `shutdown` fires, then lets open
 /// requests finish for up to `drain` before closing what is left.
@@ -49,12 +50,13 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let middleware = Middleware::new(service.clone(), fast.clone(), shared.clone(), peer);
+        let (io, wire) = Wire::new(stream);
+        let middleware = Middleware::new(service.clone(), fast.clone(), shared.clone(), peer, wire);
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(
-                TokioIo::new(WriteTimeout::new(stream, WRITE_STALL_TIMEOUT)),
+                TokioIo::new(WriteTimeout::new(io, WRITE_STALL_TIMEOUT)),
                 TowerToHyperService::new(middleware),
             );
         let connection = graceful.watch(connection);

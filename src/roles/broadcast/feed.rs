@@ -1,7 +1,10 @@
 //! One client's SSE body: `retry`, then (when resuming) the events after its
 //! `Last-Event-ID` from the database, then the stream's shared frames it has not
 //! seen, with a keep-alive comment whenever it is idle. No task and no queue per
-//! client: the body itself reads the stream's ring of frames when hyper can write.
+//! client: the body itself reads the stream's ring of frames when hyper can write,
+//! until it has caught up; then (HTTP/1.1) it joins the stream's members, which the
+//! stream's task writes to itself (`direct`), and only writes out what their
+//! sockets did not take at once.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -10,14 +13,19 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::future::Future;
+
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use prometheus::{IntCounter, IntGauge};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use super::direct::{Direct, Left};
 use super::hub::{Subscription, frame};
+use crate::http::server::WRITE_STALL_TIMEOUT;
+use crate::http::wire::Wire;
 use crate::storage::to_api_error;
 use crate::streams::{StreamKey, Streams};
 
@@ -50,6 +58,8 @@ enum Phase {
     Start,
     History,
     Live,
+    /// A member of the stream: its task writes to the socket.
+    Member,
     Done,
 }
 
@@ -72,6 +82,12 @@ pub struct Feed {
     /// ends the body (the hub closes every stream when the process stops).
     shutdown: CancellationToken,
     metrics: Arc<FeedMetrics>,
+    /// The connection's socket, if the response is chunked HTTP/1.1: then the body
+    /// joins its stream's members once it has caught up.
+    wire: Option<Arc<Wire>>,
+    direct: Option<Arc<Direct>>,
+    /// While a member's socket takes nothing: what it had written, and since when.
+    stall: Option<(u64, Pin<Box<Sleep>>)>,
 }
 
 impl Feed {
@@ -96,7 +112,18 @@ impl Feed {
             last_write: Instant::now(),
             shutdown,
             metrics,
+            wire: None,
+            direct: None,
+            stall: None,
         }
+    }
+
+    /// The connection's socket (chunked HTTP/1.1 only): the body joins its
+    /// stream's members once it has caught up.
+    #[must_use]
+    pub fn with_wire(mut self, wire: Option<Arc<Wire>>) -> Self {
+        self.wire = wire;
+        self
     }
 
     /// The next chunk to write, `None` to end the stream.
@@ -159,6 +186,12 @@ impl Feed {
                             Some(chunk) => return Some(chunk),
                             None => continue,
                         },
+                        // Caught up, and hyper wrote out all it was given: from now
+                        // on the stream's task writes to the socket.
+                        () = flushed(self.wire.as_deref()), if self.wire.is_some() => {
+                            self.join();
+                            continue;
+                        }
                     };
                     match received {
                         Ok(frame) => {
@@ -190,8 +223,83 @@ impl Feed {
                         Err(RecvError::Closed) => self.phase = Phase::Done,
                     }
                 }
+                Phase::Member => {
+                    let Some(direct) = self.direct.clone() else {
+                        self.phase = Phase::Live;
+                        continue;
+                    };
+                    let left = std::future::poll_fn(|cx| self.poll_member(&direct, cx)).await;
+                    self.subscription.members().leave(&direct);
+                    self.direct = None;
+                    self.last_write = Instant::now();
+                    match left {
+                        // Catches up as a client behind by more than the ring does.
+                        Left::Behind { last_sent } if last_sent >= 0 => {
+                            self.metrics.catchups.inc();
+                            self.last_sent = last_sent;
+                            self.subscription.skip_ahead();
+                            self.phase = Phase::History;
+                        }
+                        Left::Behind { .. } => {
+                            self.metrics.slow_disconnects.inc();
+                            self.phase = Phase::Done;
+                        }
+                        Left::End => self.phase = Phase::Done,
+                    }
+                }
                 Phase::Done => return None,
             }
+        }
+    }
+
+    /// Joins the stream's members, given what the ring holds beyond `last_sent`.
+    fn join(&mut self) {
+        let Some(wire) = self.wire.clone() else {
+            return;
+        };
+        let members = self.subscription.members();
+        let subscription = &mut self.subscription;
+        let mut sent = 0;
+        let direct = members.join(wire, self.last_sent, |catchup| {
+            loop {
+                match subscription.try_recv() {
+                    Ok(frame) => match catchup.offer(frame.id, &frame.chunk) {
+                        Some(written) => sent += u64::from(written),
+                        None => return,
+                    },
+                    Err(TryRecvError::Empty) => return,
+                    Err(TryRecvError::Lagged(_)) => return catchup.behind(),
+                    Err(TryRecvError::Closed) => return catchup.end(),
+                }
+            }
+        });
+        self.metrics.events.inc_by(sent);
+        self.direct = Some(direct);
+        self.phase = Phase::Member;
+    }
+
+    /// A member's body: writes out what its socket did not take at once; ends the
+    /// response when the socket takes nothing for [`WRITE_STALL_TIMEOUT`].
+    fn poll_member(&mut self, direct: &Direct, cx: &mut Context<'_>) -> Poll<Left> {
+        if let Poll::Ready(left) = direct.poll(cx) {
+            self.stall = None;
+            return Poll::Ready(left);
+        }
+        let (drained, waiting) = direct.progress();
+        if !waiting {
+            self.stall = None;
+            return Poll::Pending;
+        }
+        let stall = match &mut self.stall {
+            Some((seen, stall)) if *seen == drained => stall,
+            _ => {
+                let timer = Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT));
+                &mut self.stall.insert((drained, timer)).1
+            }
+        };
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Left::End),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -217,8 +325,20 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        if let Some(direct) = self.direct.take() {
+            self.subscription.members().leave(&direct);
+        }
         self.metrics.clients.dec();
     }
+}
+
+/// Ready once hyper has written out all it was given (pending without a socket).
+async fn flushed(wire: Option<&Wire>) {
+    std::future::poll_fn(|cx| match wire {
+        Some(wire) => wire.poll_flushed(cx),
+        None => Poll::Pending,
+    })
+    .await;
 }
 
 /// The feed as a body stream.
@@ -227,6 +347,9 @@ pub fn body(feed: Feed) -> SyncStream<impl Stream<Item = Result<Bytes, Infallibl
         feed,
         |mut feed| async move {
             let chunk = feed.next_chunk().await?;
+            if let Some(wire) = &feed.wire {
+                wire.unflushed();
+            }
             Some((Ok(chunk), feed))
         },
     ))))
@@ -280,6 +403,7 @@ mod tests {
             streams.clone(),
             HubMetrics::unregistered(),
             1000,
+            Duration::from_secs(3600),
             CancellationToken::new(),
         );
         let store = MessageStore::new(db);
@@ -356,8 +480,10 @@ mod tests {
                 streams: active.clone(),
                 gaps: IntCounter::new("gaps", "gaps").expect("counter"),
                 backfills: IntCounter::new("backfills", "backfills").expect("counter"),
+                sent: IntCounter::new("sent", "sent").expect("counter"),
             },
             1000,
+            Duration::from_secs(3600),
             shutdown.clone(),
         );
         let metrics = Arc::new(FeedMetrics::unregistered());
@@ -401,6 +527,7 @@ mod tests {
             streams.clone(),
             HubMetrics::unregistered(),
             1000,
+            Duration::from_secs(3600),
             CancellationToken::new(),
         );
         let metrics = Arc::new(FeedMetrics::unregistered());
@@ -442,6 +569,85 @@ mod tests {
             "the keep-alive came {:?} after the event",
             written.elapsed()
         );
+    }
+
+    /// A client joins the members with an event in its ring that it has not
+    /// sent yet (it arrived between its last read and its joining): the join
+    /// writes it, and the stream's writers do not write it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joining_sends_what_the_ring_holds_once() {
+        use tokio::io::AsyncReadExt;
+
+        let (_state, db) = Database::scratch().await;
+        db.migrate().await.expect("migrate");
+        let streams = Streams::new(db.clone());
+        let hub = Hub::new(
+            streams.clone(),
+            HubMetrics::unregistered(),
+            1000,
+            Duration::from_secs(3600),
+            CancellationToken::new(),
+        );
+        let store = MessageStore::new(db);
+        let channel = Channel::parse("joining").expect("channel");
+        let key = StreamKey::Chat(channel.clone());
+        let post = async || {
+            let message = store
+                .insert(
+                    &channel,
+                    &UserName::parse("u").expect("user"),
+                    &MessageText::parse("m").expect("text"),
+                )
+                .await
+                .expect("insert");
+            StreamEvent::encode(&message).expect("encode")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let (_io, wire) = Wire::new(server);
+
+        let mut subscription = hub.subscribe(&key).expect("subscribe");
+        subscription.ready().await;
+        let mut watcher = hub.subscribe(&key).expect("subscribe");
+        let mut feed = Feed::new(
+            subscription,
+            key.clone(),
+            streams,
+            None,
+            Duration::from_secs(3600),
+            CancellationToken::new(),
+            Arc::new(FeedMetrics::unregistered()),
+        )
+        .with_wire(Some(wire));
+        assert_eq!(feed.next_chunk().await.as_deref(), Some(RETRY));
+        feed.phase = Phase::Live;
+        let early = post().await;
+        hub.offer(&key, early.clone());
+        watcher.recv().await.expect("in the ring");
+        // The stream's sweepers are done with it (they write as soon as it is in
+        // the ring, and find no member).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        feed.join();
+        assert!(matches!(feed.phase, Phase::Member));
+        let late = post().await;
+        hub.offer(&key, late.clone());
+        watcher.recv().await.expect("in the ring");
+
+        let mut got = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(&format!("id:{}\n", late.id)) {
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buffer))
+                .await
+                .expect("both events in time")
+                .expect("read");
+            got.extend_from_slice(&buffer[..n]);
+        }
+        assert_eq!(ids(&got), vec![early.id, late.id]);
     }
 
     /// More than the ring holds.

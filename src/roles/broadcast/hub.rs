@@ -19,8 +19,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::direct::Members;
 use crate::streams::{StreamEvent, StreamKey, Streams};
 
 /// How far a client may fall behind before it is cut off (it then resumes from
@@ -37,7 +39,27 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Frame {
     pub id: i64,
+    /// The SSE event, for a body that hyper writes.
     pub bytes: Bytes,
+    /// The same as one HTTP/1.1 chunk, for members (`bytes` is a slice of it).
+    pub chunk: Bytes,
+}
+
+impl Frame {
+    fn new(event: &StreamEvent) -> Self {
+        let bytes = frame(event);
+        let size = format!("{:X}\r\n", bytes.len());
+        let mut chunk = Vec::with_capacity(size.len() + bytes.len() + 2);
+        chunk.extend_from_slice(size.as_bytes());
+        chunk.extend_from_slice(&bytes);
+        chunk.extend_from_slice(b"\r\n");
+        let chunk = Bytes::from(chunk);
+        Self {
+            id: event.id,
+            bytes: chunk.slice(size.len()..size.len() + bytes.len()),
+            chunk,
+        }
+    }
 }
 
 /// `event:message`, the JSON, the id: what EventSource parses.
@@ -56,6 +78,8 @@ pub struct HubMetrics {
     pub streams: IntGauge,
     pub gaps: IntCounter,
     pub backfills: IntCounter,
+    /// Events written to members by their stream's task (`hubbub_sse_events_sent_total`).
+    pub sent: IntCounter,
 }
 
 #[cfg(test)]
@@ -66,6 +90,7 @@ impl HubMetrics {
             streams: IntGauge::new("streams", "streams").expect("gauge"),
             gaps: IntCounter::new("gaps", "gaps").expect("counter"),
             backfills: IntCounter::new("backfills", "backfills").expect("counter"),
+            sent: IntCounter::new("sent", "sent").expect("counter"),
         }
     }
 }
@@ -82,6 +107,7 @@ struct Entry {
     /// Set when the inbox overflowed: the task backfills instead.
     resync: Arc<AtomicBool>,
     ready: watch::Receiver<bool>,
+    members: Arc<Members>,
     /// Stops the stream's task when the entry goes, whatever the task is waiting
     /// for (a database that is down, say), so a stream nobody watches any more
     /// never lingers with its ring.
@@ -104,6 +130,8 @@ struct Inner {
     metrics: HubMetrics,
     /// Active chat streams at most (the buffs stream is always allowed).
     max_streams: usize,
+    /// A keep-alive goes to the members after this long without an event.
+    keepalive: Duration,
     shutdown: CancellationToken,
 }
 
@@ -125,6 +153,7 @@ pub struct Hub {
 pub struct Subscription {
     receiver: Option<broadcast::Receiver<Arc<Frame>>>,
     ready: watch::Receiver<bool>,
+    members: Arc<Members>,
     generation: u64,
     key: StreamKey,
     hub: Hub,
@@ -135,6 +164,7 @@ impl Hub {
         streams: Streams,
         metrics: HubMetrics,
         max_streams: usize,
+        keepalive: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         let hub = Self {
@@ -144,6 +174,7 @@ impl Hub {
                 streams,
                 metrics,
                 max_streams,
+                keepalive,
                 shutdown: shutdown.clone(),
             }),
         };
@@ -180,12 +211,15 @@ impl Hub {
             let resync = Arc::new(AtomicBool::new(false));
             let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
             let stop = self.inner.shutdown.child_token();
+            let members = Arc::new(Members::default());
             self.inner.metrics.streams.inc();
             tokio::spawn(
                 StreamTask {
                     key: key.clone(),
                     streams: self.inner.streams.clone(),
                     sender: sender.clone(),
+                    sweepers: sweepers(&members, &self.inner.metrics.sent),
+                    members: members.clone(),
                     resync: resync.clone(),
                     hub: self.clone(),
                     position: (0, 0),
@@ -198,12 +232,14 @@ impl Hub {
                 inbox,
                 resync,
                 ready,
+                members,
                 _stop: stop.drop_guard(),
             }
         });
         Ok(Subscription {
             receiver: Some(entry.sender.subscribe()),
             ready: entry.ready.clone(),
+            members: entry.members.clone(),
             generation: entry.generation,
             key: key.clone(),
             hub: self.clone(),
@@ -253,6 +289,25 @@ impl Subscription {
             None => Err(broadcast::error::RecvError::Closed),
         }
     }
+
+    /// The next frame if one is there already.
+    pub fn try_recv(&mut self) -> Result<Arc<Frame>, broadcast::error::TryRecvError> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.try_recv(),
+            None => Err(broadcast::error::TryRecvError::Closed),
+        }
+    }
+
+    /// Skips to the newest frame (what came before is read from the database).
+    pub fn skip_ahead(&mut self) {
+        if let Some(receiver) = self.receiver.as_mut() {
+            *receiver = receiver.resubscribe();
+        }
+    }
+
+    pub fn members(&self) -> Arc<Members> {
+        self.members.clone()
+    }
 }
 
 impl Drop for Subscription {
@@ -293,6 +348,11 @@ struct StreamTask {
     key: StreamKey,
     streams: Streams,
     sender: broadcast::Sender<Arc<Frame>>,
+    /// Clients written to by the stream's sweepers; ended when this task ends.
+    members: Arc<Members>,
+    /// One per runtime worker, each writing to its share of the members, so a
+    /// stream of many clients is written from every core at once.
+    sweepers: Vec<mpsc::Sender<Sweep>>,
     resync: Arc<AtomicBool>,
     hub: Hub,
     /// Id and seq of the last event sent to the clients.
@@ -331,12 +391,27 @@ impl StreamTask {
             }
         }
         let _ = ready.send(true);
+        let keepalive = self.hub.inner.keepalive;
+        let idle = tokio::time::sleep(keepalive);
+        tokio::pin!(idle);
+        let mut last_write = Instant::now();
         loop {
             let input = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
                 input = inbox.recv() => input,
+                () = &mut idle => {
+                    // Only the timer's first setting is moved per write (see `Feed`).
+                    let due = last_write + keepalive;
+                    if Instant::now() >= due {
+                        self.sweep(None, KEEPALIVE_CHUNK.clone()).await;
+                        last_write = Instant::now();
+                    }
+                    idle.as_mut().reset(last_write + keepalive);
+                    continue;
+                }
             };
+            last_write = Instant::now();
             let Some(input) = input else { return };
             if self.resync.swap(false, Ordering::AcqRel) && !self.backfill(&shutdown).await {
                 return;
@@ -356,17 +431,26 @@ impl StreamTask {
                         continue;
                     }
                 }
-                self.send(&event);
+                self.send(&event).await;
             }
         }
     }
 
-    fn send(&mut self, event: &StreamEvent) {
+    /// To the ring first, then to the members: a client joining takes what is in
+    /// the ring with its members' list locked, so it gets every event once.
+    async fn send(&mut self, event: &StreamEvent) {
         self.position = (event.id, event.seq);
-        let _ = self.sender.send(Arc::new(Frame {
-            id: event.id,
-            bytes: frame(event),
-        }));
+        let frame = Arc::new(Frame::new(event));
+        let _ = self.sender.send(frame.clone());
+        self.sweep(Some(frame.id), frame.chunk.clone()).await;
+    }
+
+    /// Hands `chunk` to every sweeper; waits while one is [`SWEEP_QUEUE`] behind.
+    async fn sweep(&self, id: Option<i64>, chunk: Bytes) {
+        for sweeper in &self.sweepers {
+            // A sweeper ends only with this task.
+            let _ = sweeper.send((id, chunk.clone())).await;
+        }
     }
 
     /// Everything after the current position, from the database, in order.
@@ -388,7 +472,7 @@ impl StreamTask {
                     for event in &page {
                         cursor = cursor.max(event.id);
                         if event.seq > self.position.1 {
-                            self.send(event);
+                            self.send(event).await;
                         }
                     }
                     if !full {
@@ -407,6 +491,44 @@ impl StreamTask {
         }
     }
 }
+
+/// An event's chunk (or a keep-alive's, without an id) for a sweeper to write.
+type Sweep = (Option<i64>, Bytes);
+/// Chunks a sweeper may be behind its stream's task.
+const SWEEP_QUEUE: usize = 64;
+
+/// Starts a stream's sweepers, one per runtime worker, each with its share of
+/// the member lists; they end when the stream's task drops their queues.
+fn sweepers(members: &Arc<Members>, sent: &IntCounter) -> Vec<mpsc::Sender<Sweep>> {
+    let lists = members.shards();
+    let count = tokio::runtime::Handle::current()
+        .metrics()
+        .num_workers()
+        .clamp(1, lists);
+    (0..count)
+        .map(|i| {
+            let (queue, mut work) = mpsc::channel::<Sweep>(SWEEP_QUEUE);
+            let shards = i * lists / count..(i + 1) * lists / count;
+            let members = members.clone();
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                while let Some((id, chunk)) = work.recv().await {
+                    sent.inc_by(members.write(shards.clone(), id, &chunk));
+                }
+            });
+            queue
+        })
+        .collect()
+}
+
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        self.members.end_all();
+    }
+}
+
+/// `:` and a blank line, as one chunk.
+static KEEPALIVE_CHUNK: Bytes = Bytes::from_static(b"3\r\n:\n\n\r\n");
 
 #[cfg(test)]
 mod tests {
@@ -444,8 +566,10 @@ mod tests {
                 streams: IntGauge::new("streams", "streams").expect("gauge"),
                 gaps: gaps.clone(),
                 backfills: IntCounter::new("backfills", "backfills").expect("counter"),
+                sent: IntCounter::new("sent", "sent").expect("counter"),
             },
             max_streams,
+            Duration::from_secs(3600),
             CancellationToken::new(),
         );
         Fixture {

@@ -3,6 +3,7 @@
 //! instance and lose nothing. It knows streams (`crate::streams`), not the roles
 //! that write them.
 
+mod direct;
 mod feed;
 mod hub;
 
@@ -19,7 +20,7 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::bus::{Bus, BusMessage};
 use crate::configuration::Settings;
 use crate::domain::Channel;
-use crate::http::{ApiError, tagged};
+use crate::http::{ApiError, ConnectionWire, tagged};
 use crate::metrics::Metrics;
 use crate::storage::Database;
 use crate::streams::{self, PayloadError, StreamEvent, StreamKey, Streams};
@@ -59,6 +60,8 @@ impl Broadcast {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, prometheus::Error> {
         let streams = Streams::new(db);
+        let keepalive = Duration::from_secs(settings.broadcast.keepalive_secs);
+        let events = metrics.counter("hubbub_sse_events_sent_total", "SSE events sent")?;
         let hub = Hub::new(
             streams.clone(),
             HubMetrics {
@@ -74,8 +77,10 @@ impl Broadcast {
                     "hubbub_broadcast_backfills_total",
                     "Reads of a stream from the database after a gap or a resubscription",
                 )?,
+                sent: events.clone(),
             },
             settings.broadcast.max_streams,
+            keepalive,
             shutdown.clone(),
         );
         tokio::spawn(dispatch(
@@ -87,11 +92,11 @@ impl Broadcast {
         Ok(Arc::new(Self {
             hub,
             streams,
-            keepalive: Duration::from_secs(settings.broadcast.keepalive_secs),
+            keepalive,
             shutdown,
             metrics: Arc::new(FeedMetrics {
                 clients: metrics.gauge("hubbub_sse_clients", "Connected SSE clients")?,
-                events: metrics.counter("hubbub_sse_events_sent_total", "SSE events sent")?,
+                events,
                 slow_disconnects: metrics.counter(
                     "hubbub_sse_slow_client_disconnects_total",
                     "SSE clients cut off for falling behind before their first event",
@@ -113,36 +118,41 @@ impl Broadcast {
                     }))
                     .unify(),
             )
-            .map(|header: Option<String>, query: EventsQuery| header.or(query.last_event_id));
+            .map(|header: Option<String>, query: EventsQuery| header.or(query.last_event_id))
+            .and(warp::ext::optional::<ConnectionWire>());
         let chat = {
             let role = self.clone();
             warp::path!("api" / "chat" / String / "events")
                 .and(warp::get())
                 .and(last_event_id)
-                .then(move |channel: String, last: Option<String>| {
-                    let role = role.clone();
-                    async move {
-                        let reply = match Channel::parse(&channel) {
-                            Ok(channel) => role.events(StreamKey::Chat(channel), last).await,
-                            Err(e) => Err(ApiError::invalid_field("channel", &e.0)),
-                        };
-                        tagged(
-                            ROLE,
-                            "/api/chat/{channel}/events",
-                            reply.unwrap_or_else(Reply::into_response),
-                        )
-                    }
-                })
+                .then(
+                    move |channel: String, last: Option<String>, wire: Option<ConnectionWire>| {
+                        let role = role.clone();
+                        async move {
+                            let reply = match Channel::parse(&channel) {
+                                Ok(channel) => {
+                                    role.events(StreamKey::Chat(channel), last, wire).await
+                                }
+                                Err(e) => Err(ApiError::invalid_field("channel", &e.0)),
+                            };
+                            tagged(
+                                ROLE,
+                                "/api/chat/{channel}/events",
+                                reply.unwrap_or_else(Reply::into_response),
+                            )
+                        }
+                    },
+                )
         };
         let buffs = {
             let role = self.clone();
             warp::path!("api" / "buffs" / "events")
                 .and(warp::get())
                 .and(last_event_id)
-                .then(move |last: Option<String>| {
+                .then(move |last: Option<String>, wire: Option<ConnectionWire>| {
                     let role = role.clone();
                     async move {
-                        let reply = role.events(StreamKey::Buffs, last).await;
+                        let reply = role.events(StreamKey::Buffs, last, wire).await;
                         tagged(
                             ROLE,
                             "/api/buffs/events",
@@ -158,6 +168,7 @@ impl Broadcast {
         &self,
         key: StreamKey,
         last_event_id: Option<String>,
+        wire: Option<ConnectionWire>,
     ) -> Result<Response, ApiError> {
         let resume_after =
             match last_event_id.as_deref().map(str::trim) {
@@ -198,7 +209,8 @@ impl Broadcast {
             self.keepalive,
             self.shutdown.clone(),
             self.metrics.clone(),
-        );
+        )
+        .with_wire(wire.map(|ConnectionWire(wire)| wire));
         let mut response = warp::reply::stream(feed::body(feed)).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -1,0 +1,874 @@
+//! Clients a stream's task writes to itself. A client that has caught up joins its
+//! stream's members; from then on each event is written to its socket by the
+//! stream's task, in one loop over the members: one system call per client, no
+//! task woken, nothing allocated. A client whose socket takes less than a whole
+//! event keeps the rest in a small backlog that its own body writes out when the
+//! socket can take it; one that falls further behind than that leaves the members
+//! and catches up from the ring and the database, connected, as a new client would.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Range;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes};
+
+use crate::http::wire::Wire;
+
+/// A member's unwritten bytes at most; past that it leaves the members and catches
+/// up like a new client (nothing is lost, others never wait for it).
+pub const BACKLOG_LIMIT: usize = 64 * 1024;
+/// Members are kept in this many lists, each with its own lock, so a client
+/// joining waits for one list's write, not the whole stream's.
+const SHARDS: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Member,
+    /// Fell more than [`BACKLOG_LIMIT`] behind: catches up, then may join again.
+    Behind,
+    /// Its socket failed: the body ends.
+    Broken,
+    /// The stream ended (the process stops): the body writes its backlog, then ends.
+    Ended,
+}
+
+struct State {
+    status: Status,
+    /// The last event written or queued.
+    last_sent: i64,
+    backlog: VecDeque<Bytes>,
+    backlog_bytes: usize,
+    /// Bytes its body wrote from the backlog, so it can tell a stalled socket.
+    drained: u64,
+    waker: Option<Waker>,
+}
+
+/// One client's side of direct writing.
+pub struct Direct {
+    /// `wire`'s descriptor, here so a write touches no more memory than this (at
+    /// 10,000 clients per event, each pointer followed is a cache miss).
+    fd: RawFd,
+    state: Mutex<State>,
+    wire: Arc<Wire>,
+    shard: usize,
+}
+
+/// How a member's body goes on once it is no member any more.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Left {
+    /// Catch up after `last_sent` (from the ring, or the database).
+    Behind { last_sent: i64 },
+    /// End the response.
+    End,
+}
+
+/// Whether an offered chunk went to the client.
+#[derive(PartialEq, Eq)]
+enum Offered {
+    Written,
+    Skipped,
+    /// It is no member any more.
+    Gone,
+}
+
+impl Direct {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `chunk` (event `id`, or a keep-alive for `None`), or queues it behind
+    /// what is not written yet.
+    fn offer(&self, id: Option<i64>, chunk: &Bytes) -> Offered {
+        let mut state = self.state();
+        if state.status != Status::Member {
+            return Offered::Gone;
+        }
+        if let Some(id) = id {
+            if id <= state.last_sent {
+                return Offered::Skipped;
+            }
+        } else if !state.backlog.is_empty() {
+            return Offered::Skipped; // not idle: no keep-alive needed
+        }
+        if !state.backlog.is_empty() {
+            if state.backlog_bytes + chunk.len() > BACKLOG_LIMIT {
+                return state.leave(Status::Behind);
+            }
+            state.queue(chunk.clone());
+        } else {
+            match self.send(chunk) {
+                Ok(n) if n == chunk.len() => {}
+                Ok(n) => {
+                    state.queue(chunk.slice(n..));
+                    state.wake();
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    state.queue(chunk.clone());
+                    state.wake();
+                }
+                Err(_) => return state.leave(Status::Broken),
+            }
+        }
+        if let Some(id) = id {
+            state.last_sent = id;
+            Offered::Written
+        } else {
+            Offered::Skipped
+        }
+    }
+
+    /// Writes what the socket takes now. Around tokio: when the socket is full, its
+    /// body's next write goes through tokio, which learns it then.
+    fn send(&self, bytes: &[u8]) -> io::Result<usize> {
+        // SAFETY: `fd` belongs to `self.wire`, which owns the socket and lives as
+        // long as `self`, so the descriptor is open (and is this socket's).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        rustix::net::send(fd, bytes, rustix::net::SendFlags::NOSIGNAL).map_err(io::Error::from)
+    }
+
+    /// Writes out the backlog as far as the socket takes it; pending while a member
+    /// (woken when there is more to write), ready when it is none any more.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<Left> {
+        let mut state = self.state();
+        while let Some(front) = state.backlog.front_mut() {
+            match self.wire.try_write(front) {
+                Ok(n) => {
+                    let whole = n == front.len();
+                    front.advance(n);
+                    if whole {
+                        state.backlog.pop_front();
+                    }
+                    state.backlog_bytes -= n;
+                    state.drained += n as u64;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    match self.wire.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => {
+                            state.leave(Status::Broken);
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(_) => {
+                    state.leave(Status::Broken);
+                }
+            }
+        }
+        match state.status {
+            Status::Member => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Status::Behind => Poll::Ready(Left::Behind {
+                last_sent: state.last_sent,
+            }),
+            Status::Broken | Status::Ended => Poll::Ready(Left::End),
+        }
+    }
+
+    /// Bytes written from the backlog so far, and whether some are still waiting.
+    pub fn progress(&self) -> (u64, bool) {
+        let state = self.state();
+        (state.drained, !state.backlog.is_empty())
+    }
+}
+
+impl State {
+    fn queue(&mut self, chunk: Bytes) {
+        self.backlog_bytes += chunk.len();
+        self.backlog.push_back(chunk);
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Stops being a member (a broken socket overrides any other reason).
+    fn leave(&mut self, status: Status) -> Offered {
+        if self.status == Status::Member || status == Status::Broken {
+            self.status = status;
+        }
+        if status == Status::Broken {
+            self.backlog.clear();
+            self.backlog_bytes = 0;
+        }
+        self.wake();
+        Offered::Gone
+    }
+}
+
+/// A stream's members.
+pub struct Members {
+    shards: Box<[Mutex<Vec<Arc<Direct>>>]>,
+    next: AtomicUsize,
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Members {
+    fn shard(&self, index: usize) -> MutexGuard<'_, Vec<Arc<Direct>>> {
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many lists there are.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Writes `chunk` (event `id`, or a keep-alive for `None`) to the members of
+    /// the lists `shards`; how many got the event.
+    pub fn write(&self, shards: Range<usize>, id: Option<i64>, chunk: &Bytes) -> u64 {
+        let mut written = 0;
+        for index in shards {
+            self.shard(index)
+                .retain(|member| match member.offer(id, chunk) {
+                    Offered::Written => {
+                        written += 1;
+                        true
+                    }
+                    Offered::Skipped => true,
+                    Offered::Gone => false,
+                });
+        }
+        written
+    }
+
+    /// Joins the client on `wire`, which has been sent everything up to
+    /// `last_sent`. `catch_up` is given the client with its list locked (so no event
+    /// of the stream is written to that list meanwhile) and offers it what the
+    /// stream sent after `last_sent`. The client is a member afterwards unless
+    /// `catch_up` could not give it everything; its body polls it either way.
+    pub fn join(
+        &self,
+        wire: Arc<Wire>,
+        last_sent: i64,
+        catch_up: impl FnOnce(&Catchup<'_>),
+    ) -> Arc<Direct> {
+        let shard = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let direct = Arc::new(Direct {
+            fd: wire.raw_fd(),
+            wire,
+            shard,
+            state: Mutex::new(State {
+                status: Status::Member,
+                last_sent,
+                backlog: VecDeque::new(),
+                backlog_bytes: 0,
+                drained: 0,
+                waker: None,
+            }),
+        });
+        let mut members = self.shard(shard);
+        catch_up(&Catchup(&direct));
+        if direct.state().status == Status::Member {
+            members.push(direct.clone());
+        }
+        direct
+    }
+
+    /// The client's body is gone: it is no member any more.
+    pub fn leave(&self, direct: &Arc<Direct>) {
+        direct.state().status = Status::Ended;
+        self.shard(direct.shard)
+            .retain(|member| !Arc::ptr_eq(member, direct));
+    }
+
+    /// The stream ends: every member's body writes out its backlog and ends.
+    pub fn end_all(&self) {
+        for index in 0..self.shards.len() {
+            for member in self.shard(index).drain(..) {
+                let mut state = member.state();
+                if state.status == Status::Member {
+                    state.status = Status::Ended;
+                    state.wake();
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        (0..self.shards.len()).map(|i| self.shard(i).len()).sum()
+    }
+}
+
+/// A client about to join, being sent what it missed.
+pub struct Catchup<'a>(&'a Arc<Direct>);
+
+impl Catchup<'_> {
+    /// Writes event `id` unless the client has it already: `Some(true)` if it
+    /// did, `None` once the client cannot take more (its socket failed, or it fell
+    /// behind).
+    pub fn offer(&self, id: i64, chunk: &Bytes) -> Option<bool> {
+        match self.0.offer(Some(id), chunk) {
+            Offered::Written => Some(true),
+            Offered::Skipped => Some(false),
+            Offered::Gone => None,
+        }
+    }
+
+    /// What it missed is not all there any more: it does not join, and catches up
+    /// after what it was given.
+    pub fn behind(&self) {
+        self.0.state().leave(Status::Behind);
+    }
+
+    /// The stream ended: it does not join, and ends after what it was given.
+    pub fn end(&self) {
+        self.0.state().leave(Status::Ended);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Through hyper and real sockets, as in production: a client's body starts
+    //! in hyper's hands (retry, history, ring) and then joins the members, so the
+    //! chunks of both writers must follow each other whole.
+
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use prometheus::IntCounter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+    use warp::Filter;
+    use warp::reply::Reply;
+
+    use super::*;
+    use crate::domain::{Channel, MessageText, UserName};
+    use crate::roles::broadcast::feed::{self, Feed, FeedMetrics};
+    use crate::roles::broadcast::hub::{Hub, HubMetrics};
+    use crate::storage::Database;
+    use crate::streams::chat::MessageStore;
+    use crate::streams::{StreamEvent, StreamKey, Streams};
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    struct Server {
+        address: SocketAddr,
+        hub: Hub,
+        key: StreamKey,
+        store: MessageStore,
+        channel: Channel,
+        metrics: Arc<FeedMetrics>,
+        sent: IntCounter,
+        shutdown: CancellationToken,
+        _state: tempfile::TempDir,
+    }
+
+    impl Server {
+        /// The stream's SSE endpoint on a real socket served by hyper; `send_buffer`
+        /// shrinks the server side's socket buffer so a client that reads nothing
+        /// fills it soon.
+        async fn start(send_buffer: Option<usize>) -> Self {
+            Self::start_with(send_buffer, Duration::from_secs(3600)).await
+        }
+
+        /// With members sent a keep-alive after `keepalive` without an event.
+        async fn start_with(send_buffer: Option<usize>, keepalive: Duration) -> Self {
+            let (state, db) = Database::scratch().await;
+            db.migrate().await.expect("migrate");
+            let streams = Streams::new(db.clone());
+            let sent = IntCounter::new("sent", "sent").expect("counter");
+            let shutdown = CancellationToken::new();
+            let hub = Hub::new(
+                streams.clone(),
+                HubMetrics {
+                    sent: sent.clone(),
+                    ..HubMetrics::unregistered()
+                },
+                1000,
+                keepalive,
+                shutdown.clone(),
+            );
+            let channel = Channel::parse("members").expect("channel");
+            let key = StreamKey::Chat(channel.clone());
+            let metrics = Arc::new(FeedMetrics::unregistered());
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            let (hub2, key2, metrics2) = (hub.clone(), key.clone(), metrics.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    stream.set_nodelay(true).expect("nodelay");
+                    if let Some(size) = send_buffer {
+                        socket2::SockRef::from(&stream)
+                            .set_send_buffer_size(size)
+                            .expect("send buffer");
+                    }
+                    let (io, wire) = Wire::new(stream);
+                    let (hub, key, streams, metrics) = (
+                        hub2.clone(),
+                        key2.clone(),
+                        streams.clone(),
+                        metrics2.clone(),
+                    );
+                    let route = warp::header::optional::<i64>("last-event-id").then(
+                        move |last: Option<i64>| {
+                            let (hub, key, streams, metrics, wire) = (
+                                hub.clone(),
+                                key.clone(),
+                                streams.clone(),
+                                metrics.clone(),
+                                wire.clone(),
+                            );
+                            async move {
+                                let mut subscription = hub.subscribe(&key).expect("subscribe");
+                                subscription.ready().await;
+                                let feed = Feed::new(
+                                    subscription,
+                                    key,
+                                    streams,
+                                    last,
+                                    Duration::from_secs(3600),
+                                    CancellationToken::new(),
+                                    metrics,
+                                )
+                                .with_wire(Some(wire));
+                                warp::reply::stream(feed::body(feed)).into_response()
+                            }
+                        },
+                    );
+                    let service = TowerToHyperService::new(warp::service(route));
+                    tokio::spawn(async move {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(io), service)
+                            .await;
+                    });
+                }
+            });
+            let store = MessageStore::new(db);
+            Self {
+                address,
+                hub,
+                key,
+                store,
+                channel,
+                metrics,
+                sent,
+                shutdown,
+                _state: state,
+            }
+        }
+
+        /// Stores a message of `size` characters and offers it to the hub, as the
+        /// bus would; its id.
+        async fn post(&self, size: usize) -> i64 {
+            let message = self
+                .store
+                .insert(
+                    &self.channel,
+                    &UserName::parse("u").expect("user"),
+                    &MessageText::parse(&"x".repeat(size)).expect("text"),
+                )
+                .await
+                .expect("insert");
+            self.hub
+                .offer(&self.key, StreamEvent::encode(&message).expect("encode"));
+            message.id
+        }
+
+        async fn members(&self) -> usize {
+            let subscription = self.hub.subscribe(&self.key).expect("subscribe");
+            subscription.members().len()
+        }
+    }
+
+    /// An SSE client that checks the chunked framing byte for byte.
+    struct Client {
+        stream: TcpStream,
+        raw: Vec<u8>,
+        text: String,
+    }
+
+    impl Client {
+        async fn connect(address: SocketAddr, last_event_id: Option<i64>) -> Self {
+            Self::connect_with(address, last_event_id, None).await
+        }
+
+        /// With a receive buffer of `receive_buffer` bytes, if given.
+        async fn connect_with(
+            address: SocketAddr,
+            last_event_id: Option<i64>,
+            receive_buffer: Option<u32>,
+        ) -> Self {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            if let Some(size) = receive_buffer {
+                socket.set_recv_buffer_size(size).expect("receive buffer");
+            }
+            let mut stream = socket.connect(address).await.expect("connect");
+            let resume = last_event_id
+                .map(|id| format!("Last-Event-ID: {id}\r\n"))
+                .unwrap_or_default();
+            stream
+                .write_all(format!("GET /events HTTP/1.1\r\nHost: test\r\n{resume}\r\n").as_bytes())
+                .await
+                .expect("request");
+            let mut client = Self {
+                stream,
+                raw: Vec::new(),
+                text: String::new(),
+            };
+            let end = loop {
+                if let Some(end) = client.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                client.read().await;
+            };
+            let head = String::from_utf8_lossy(&client.raw[..end]).to_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert!(head.contains("transfer-encoding: chunked"), "{head}");
+            client.raw.drain(..end);
+            client
+        }
+
+        async fn read(&mut self) {
+            let mut buffer = [0u8; 65536];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut buffer))
+                .await
+                .expect("data in time")
+                .expect("read");
+            assert!(n > 0, "the server closed the stream");
+            self.raw.extend_from_slice(&buffer[..n]);
+        }
+
+        /// Moves every whole chunk from `raw` to `text`; a malformed one fails.
+        /// `true` once the body's last chunk came.
+        fn dechunk(&mut self) -> bool {
+            loop {
+                let Some(line) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                    return false;
+                };
+                let size = std::str::from_utf8(&self.raw[..line])
+                    .ok()
+                    .and_then(|s| usize::from_str_radix(s, 16).ok())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "not a chunk size: {:?}",
+                            String::from_utf8_lossy(&self.raw[..line.min(40)])
+                        )
+                    });
+                if self.raw.len() < line + 2 + size + 2 {
+                    return false;
+                }
+                if size == 0 {
+                    assert_eq!(&self.raw[line..], b"\r\n\r\n", "the last chunk is last");
+                    return true;
+                }
+                let data = &self.raw[line + 2..line + 2 + size];
+                assert_eq!(&self.raw[line + 2 + size..line + 4 + size], b"\r\n");
+                self.text
+                    .push_str(std::str::from_utf8(data).expect("utf-8"));
+                self.raw.drain(..line + 4 + size);
+            }
+        }
+
+        /// The ids of the next events, until `last` is among them.
+        async fn ids_until(&mut self, last: i64) -> Vec<i64> {
+            let mut ids = Vec::new();
+            loop {
+                assert!(!self.dechunk(), "the body ended");
+                while let Some(end) = self.text.find("\n\n") {
+                    let event: String = self.text.drain(..end + 2).collect();
+                    if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id:")) {
+                        ids.push(id.parse().expect("id"));
+                    }
+                }
+                if ids.last() == Some(&last) {
+                    return ids;
+                }
+                self.read().await;
+            }
+        }
+
+        /// Reads until the body's last chunk; what came before it.
+        async fn until_the_end(&mut self) -> String {
+            while !self.dechunk() {
+                self.read().await;
+            }
+            std::mem::take(&mut self.text)
+        }
+    }
+
+    /// Clients join one after the other while events flow, each resuming from
+    /// before the first: every one gets every event exactly once and in order,
+    /// whichever writer (hyper or the stream's sweepers) wrote it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_joining_while_events_flow_get_each_event_once_in_order() {
+        let server = Arc::new(Server::start(None).await);
+        let first = server.post(10).await;
+        let mut posts = Vec::new();
+        let poster = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..300 {
+                    ids.push(server.post(50).await);
+                    tokio::task::yield_now().await;
+                }
+                ids
+            })
+        };
+        let mut clients = Vec::new();
+        for _ in 0..24 {
+            clients.push(Client::connect(server.address, Some(first)).await);
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        posts.extend(poster.await.expect("poster"));
+        let last = *posts.last().expect("posts");
+        for client in &mut clients {
+            assert_eq!(
+                client.ids_until(last).await,
+                posts,
+                "every event once, in order"
+            );
+        }
+        assert_eq!(
+            server.members().await,
+            clients.len(),
+            "all joined the members"
+        );
+        assert!(server.sent.get() > 0, "the sweepers wrote events");
+
+        // Clients that hang up are gone from the members at the next write.
+        drop(clients);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.members().await > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "members left behind"
+            );
+            server.post(10).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The same race, tighter: the events are in the database already and are
+    /// offered back to back while clients resume from the start and join, so
+    /// events keep arriving between a client's last read of the ring and its
+    /// joining. Each client must still get each event once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joining_races_a_fast_stream_without_losing_or_repeating_an_event() {
+        let server = Arc::new(Server::start(None).await);
+        // The stream starts (at the head) before the rows exist.
+        let watcher = server.hub.subscribe(&server.key).expect("subscribe");
+        let mut events = Vec::new();
+        for _ in 0..1500 {
+            let message = server
+                .store
+                .insert(
+                    &server.channel,
+                    &UserName::parse("u").expect("user"),
+                    &MessageText::parse("m").expect("text"),
+                )
+                .await
+                .expect("insert");
+            events.push(StreamEvent::encode(&message).expect("encode"));
+        }
+        let ids: Vec<i64> = events.iter().map(|event| event.id).collect();
+        let offerer = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                for (n, event) in events.into_iter().enumerate() {
+                    server.hub.offer(&server.key, event);
+                    if n % 8 == 0 {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                }
+            })
+        };
+        let mut clients = Vec::new();
+        for _ in 0..32 {
+            clients.push(Client::connect(server.address, Some(0)).await);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        offerer.await.expect("offerer");
+        let last = *ids.last().expect("ids");
+        for client in &mut clients {
+            assert_eq!(
+                client.ids_until(last).await,
+                ids,
+                "every event once, in order"
+            );
+        }
+        drop(watcher);
+    }
+
+    /// A client resuming with more history than its socket takes, and not
+    /// reading: its body must not join the members (whose writes go straight to
+    /// the socket) before hyper has written out the history it was given, or the
+    /// two writers' chunks would interleave.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_joins_only_once_hyper_has_written_out_its_history() {
+        let server = Server::start(Some(4096)).await;
+        // Less than hyper buffers (it then polls the body again at once), more than
+        // the sockets take.
+        let mut history = Vec::new();
+        for _ in 0..120 {
+            let message = server
+                .store
+                .insert(
+                    &server.channel,
+                    &UserName::parse("u").expect("user"),
+                    &MessageText::parse(&"h".repeat(1500)).expect("text"),
+                )
+                .await
+                .expect("insert");
+            history.push(message.id);
+        }
+        let mut client = Client::connect_with(server.address, Some(0), Some(4096)).await;
+        for _ in 0..20 {
+            history.push(server.post(1500).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let last = *history.last().expect("events");
+        assert_eq!(
+            client.ids_until(last).await,
+            history,
+            "every event once, in order"
+        );
+        let next = server.post(10).await;
+        assert_eq!(client.ids_until(next).await, vec![next]);
+    }
+
+    /// When the process stops, every member's response ends properly (the last
+    /// chunk follows what it was sent), so hyper's graceful shutdown is not kept
+    /// waiting and clients reconnect elsewhere.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_responses_end_when_the_process_stops() {
+        let server = Server::start(None).await;
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(Client::connect(server.address, None).await);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.members().await < clients.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "clients never joined"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let id = server.post(10).await;
+        for client in &mut clients {
+            assert_eq!(client.ids_until(id).await, vec![id]);
+        }
+        server.shutdown.cancel();
+        for client in &mut clients {
+            let rest = tokio::time::timeout(WAIT, client.until_the_end())
+                .await
+                .expect("the response ends");
+            assert!(!rest.contains("id:"), "{rest}");
+        }
+    }
+
+    /// An idle stream's members get a keep-alive comment from the stream's task
+    /// (their bodies no longer have a timer of their own), and one that hung up
+    /// is found out by it and leaves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_members_get_keepalives_and_departed_ones_leave() {
+        let server = Server::start_with(None, Duration::from_millis(200)).await;
+        let mut client = Client::connect(server.address, None).await;
+        let gone = Client::connect(server.address, None).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.members().await < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "clients never joined"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(gone);
+        let started = tokio::time::Instant::now();
+        while !client.text.contains(":\n\n") {
+            client.read().await;
+            assert!(!client.dechunk());
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.members().await > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the departed client stayed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A member that stops reading fills its socket and then its backlog: it
+    /// leaves the members (nobody waits for it), catches up from the database
+    /// once it reads again, connected, and loses nothing; then it joins again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_stops_reading_catches_up_connected_and_loses_nothing() {
+        let server = Server::start(Some(4096)).await;
+        let mut slow = Client::connect_with(server.address, None, Some(4096)).await;
+        let mut fast = Client::connect(server.address, None).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.members().await < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "clients never joined"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut posts = Vec::new();
+        for _ in 0..400 {
+            posts.push(server.post(1500).await);
+            if posts.len() % 50 == 0 {
+                // The one that reads keeps up meanwhile.
+                let last = *posts.last().expect("posts");
+                assert_eq!(fast.ids_until(last).await.last(), Some(&last));
+            }
+        }
+        assert_eq!(
+            server.members().await,
+            1,
+            "the silent client left the members"
+        );
+        let last = *posts.last().expect("posts");
+        assert_eq!(
+            slow.ids_until(last).await,
+            posts,
+            "every event once, in order"
+        );
+        assert_eq!(server.metrics.catchups.get(), 1);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.members().await < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "it never joined again"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let next = server.post(10).await;
+        assert_eq!(slow.ids_until(next).await, vec![next]);
+        assert_eq!(server.metrics.slow_disconnects.get(), 0);
+    }
+}
