@@ -190,6 +190,110 @@ async fn post_history_and_live_delivery_through_mosquitto_with_acl() {
     );
 }
 
+/// Raw requests to the broadcast instance, as clients other than EventSource
+/// send them: an HTTP/1.0 client gets a plain stream (no chunked framing: the
+/// stream's members are written chunks, so it must stay out of them), a HEAD
+/// request only the headers, and an HTTP/1.1 one well-formed chunks.
+#[tokio::test]
+async fn http_1_0_and_head_requests_get_well_formed_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn open(s: &Stack, request: &str) -> tokio::net::TcpStream {
+        let address = s.broadcast.address.trim_start_matches("http://");
+        let mut socket = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        socket.write_all(request.as_bytes()).await.expect("request");
+        socket
+    }
+    /// What came until `needle` did (or the connection ended).
+    async fn until(socket: &mut tokio::net::TcpStream, got: &mut Vec<u8>, needle: &str) {
+        let mut buffer = [0u8; 8192];
+        while !String::from_utf8_lossy(got).contains(needle) {
+            match tokio::time::timeout(WAIT, socket.read(&mut buffer))
+                .await
+                .expect("in time")
+            {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buffer[..n]),
+            }
+        }
+    }
+
+    let s = stack(false).await;
+    let path = "/api/chat/raw/events";
+    let mut old = open(&s, &format!("GET {path} HTTP/1.0\r\n\r\n")).await;
+    let mut new = open(&s, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+    let (mut old_got, mut new_got) = (Vec::new(), Vec::new());
+    until(&mut old, &mut old_got, "retry:2000\n\n").await;
+    until(&mut new, &mut new_got, "retry:2000\n\n").await;
+    // Both caught up (and the HTTP/1.1 one a member) by the time these arrive.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(post_ok(&s.chat, "raw", &format!("m{i}")).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = format!("id:{}\n\n", ids[2]);
+    until(&mut old, &mut old_got, &last).await;
+    until(&mut new, &mut new_got, &last).await;
+
+    let old_text = String::from_utf8_lossy(&old_got).into_owned();
+    let (head, body) = old_text.split_once("\r\n\r\n").expect("head");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(!head.to_lowercase().contains("transfer-encoding"), "{head}");
+    let expected: String = ids
+        .iter()
+        .map(|id| format!("id:{id}\n\n"))
+        .collect::<Vec<_>>()
+        .join("|");
+    let got: Vec<String> = body
+        .split("\n\n")
+        .filter_map(|event| event.lines().find(|l| l.starts_with("id:")))
+        .map(|id| format!("{id}\n\n"))
+        .collect();
+    assert_eq!(
+        got.join("|"),
+        expected,
+        "a plain stream of the events: {body:?}"
+    );
+    assert!(
+        body.starts_with("retry:2000\n\nevent:message\ndata:"),
+        "{body:?}"
+    );
+
+    let new_text = String::from_utf8_lossy(&new_got).into_owned();
+    let (head, mut rest) = new_text.split_once("\r\n\r\n").expect("head");
+    assert!(
+        head.to_lowercase().contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut events = String::new();
+    while !rest.is_empty() {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size, 16).expect("a chunk size");
+        events.push_str(&after[..size]);
+        assert_eq!(&after[size..size + 2], "\r\n", "a chunk's end");
+        rest = &after[size + 2..];
+    }
+    assert!(events.ends_with(&last), "{events:?}");
+
+    let mut head_only = open(&s, &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+    let mut got = Vec::new();
+    until(&mut head_only, &mut got, "\r\n\r\n").await;
+    post_ok(&s.chat, "raw", "after head").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut more = [0u8; 1024];
+    let extra = tokio::time::timeout(Duration::from_millis(300), head_only.read(&mut more)).await;
+    assert!(
+        !matches!(extra, Ok(Ok(n)) if n > 0),
+        "HEAD got a body: {:?}",
+        extra.map(|r| r.map(|n| String::from_utf8_lossy(&more[..n]).into_owned()))
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "{text}");
+}
+
 #[tokio::test]
 async fn resume_with_last_event_id_gets_exactly_the_missed_messages() {
     let s = stack(false).await;

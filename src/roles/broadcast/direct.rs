@@ -10,11 +10,15 @@ use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::http::wire::Wire;
 
@@ -24,13 +28,20 @@ pub const BACKLOG_LIMIT: usize = 64 * 1024;
 /// Members are kept in this many lists, each with its own lock, so a client
 /// joining waits for one list's write, not the whole stream's.
 const SHARDS: usize = 16;
+/// Sweepers per stream at most (one per runtime worker up to this): beyond a few
+/// cores, more would cost each small stream a wake-up per core per event.
+const MAX_SWEEPERS: usize = 4;
+/// Events a sweeper may be behind its stream's task; it takes all that wait at once.
+const SWEEP_QUEUE: usize = 256;
+/// `:` and a blank line, as one chunk.
+static KEEPALIVE_CHUNK: Bytes = Bytes::from_static(b"3\r\n:\n\n\r\n");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
     Member,
     /// Fell more than [`BACKLOG_LIMIT`] behind: catches up, then may join again.
     Behind,
-    /// Its socket failed: the body ends.
+    /// Its socket failed: the response is cut off.
     Broken,
     /// The stream ended (the process stops): the body writes its backlog, then ends.
     Ended,
@@ -62,14 +73,19 @@ pub struct Direct {
 pub enum Left {
     /// Catch up after `last_sent` (from the ring, or the database).
     Behind { last_sent: i64 },
-    /// End the response.
+    /// End the response: everything queued was written.
     End,
+    /// Cut the connection off: the socket failed, so what is queued (perhaps the
+    /// rest of a chunk) is lost, and ending the response properly would write its
+    /// last chunk into the middle of another.
+    Abort,
 }
 
-/// Whether an offered chunk went to the client.
+/// Whether an offered batch went to the client.
 #[derive(PartialEq, Eq)]
 enum Offered {
-    Written,
+    /// This many events.
+    Written(u64),
     Skipped,
     /// It is no member any more.
     Gone,
@@ -80,30 +96,39 @@ impl Direct {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes `chunk` (event `id`, or a keep-alive for `None`), or queues it behind
-    /// what is not written yet.
-    fn offer(&self, id: Option<i64>, chunk: &Bytes) -> Offered {
+    /// Writes the events of `batch` the client has not had (all of them, but
+    /// for a client that just joined), or queues them behind what is not written
+    /// yet; a keep-alive only to a client that is idle.
+    fn offer(&self, batch: &Batch) -> Offered {
         let mut state = self.state();
         if state.status != Status::Member {
             return Offered::Gone;
         }
-        if let Some(id) = id {
-            if id <= state.last_sent {
+        let (bytes, events) = if batch.ids.is_empty() {
+            if !state.backlog.is_empty() {
+                return Offered::Skipped; // not idle: no keep-alive needed
+            }
+            (batch.bytes.clone(), 0)
+        } else {
+            let first = batch.ids.partition_point(|id| *id <= state.last_sent);
+            if first == batch.ids.len() {
                 return Offered::Skipped;
             }
-        } else if !state.backlog.is_empty() {
-            return Offered::Skipped; // not idle: no keep-alive needed
-        }
+            (
+                batch.bytes.slice(batch.starts[first]..),
+                batch.ids.len() - first,
+            )
+        };
         if !state.backlog.is_empty() {
-            if state.backlog_bytes + chunk.len() > BACKLOG_LIMIT {
+            if state.backlog_bytes + bytes.len() > BACKLOG_LIMIT {
                 return state.leave(Status::Behind);
             }
-            state.queue(chunk.clone());
+            state.queue(bytes);
         } else {
-            match self.send(chunk) {
-                Ok(n) if n == chunk.len() => {}
+            match self.send(&bytes) {
+                Ok(n) if n == bytes.len() => {}
                 Ok(n) => {
-                    state.queue(chunk.slice(n..));
+                    state.queue(bytes.slice(n..));
                     state.wake();
                 }
                 Err(error)
@@ -112,17 +137,18 @@ impl Direct {
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) =>
                 {
-                    state.queue(chunk.clone());
+                    state.queue(bytes);
                     state.wake();
                 }
                 Err(_) => return state.leave(Status::Broken),
             }
         }
-        if let Some(id) = id {
-            state.last_sent = id;
-            Offered::Written
-        } else {
-            Offered::Skipped
+        match batch.ids.last() {
+            Some(last) => {
+                state.last_sent = *last;
+                Offered::Written(events as u64)
+            }
+            None => Offered::Skipped,
         }
     }
 
@@ -172,7 +198,8 @@ impl Direct {
             Status::Behind => Poll::Ready(Left::Behind {
                 last_sent: state.last_sent,
             }),
-            Status::Broken | Status::Ended => Poll::Ready(Left::End),
+            Status::Ended => Poll::Ready(Left::End),
+            Status::Broken => Poll::Ready(Left::Abort),
         }
     }
 
@@ -213,6 +240,8 @@ impl State {
 pub struct Members {
     shards: Box<[Mutex<Vec<Arc<Direct>>>]>,
     next: AtomicUsize,
+    /// The stream ended: nobody joins any more.
+    closed: AtomicBool,
 }
 
 impl Default for Members {
@@ -220,6 +249,7 @@ impl Default for Members {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 }
@@ -231,25 +261,22 @@ impl Members {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How many lists there are.
-    pub fn shards(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// Writes `chunk` (event `id`, or a keep-alive for `None`) to the members of
-    /// the lists `shards`; how many got the event.
-    pub fn write(&self, shards: Range<usize>, id: Option<i64>, chunk: &Bytes) -> u64 {
+    /// Writes `batch` to the members of the lists `shards`, one system call each,
+    /// letting the worker run other tasks between lists; how many events they got
+    /// in all.
+    async fn write(&self, shards: Range<usize>, batch: &Batch) -> u64 {
         let mut written = 0;
         for index in shards {
             self.shard(index)
-                .retain(|member| match member.offer(id, chunk) {
-                    Offered::Written => {
-                        written += 1;
+                .retain(|member| match member.offer(batch) {
+                    Offered::Written(events) => {
+                        written += events;
                         true
                     }
                     Offered::Skipped => true,
                     Offered::Gone => false,
                 });
+            tokio::task::yield_now().await;
         }
         written
     }
@@ -280,7 +307,12 @@ impl Members {
             }),
         });
         let mut members = self.shard(shard);
-        catch_up(&Catchup(&direct));
+        // Under the list's lock: `end_all` sets the flag before it takes the lists.
+        if self.closed.load(Ordering::Acquire) {
+            Catchup(&direct).end();
+        } else {
+            catch_up(&Catchup(&direct));
+        }
         if direct.state().status == Status::Member {
             members.push(direct.clone());
         }
@@ -294,8 +326,10 @@ impl Members {
             .retain(|member| !Arc::ptr_eq(member, direct));
     }
 
-    /// The stream ends: every member's body writes out its backlog and ends.
+    /// The stream ends: every member's body writes out its backlog and ends, and
+    /// nobody joins any more.
     pub fn end_all(&self) {
+        self.closed.store(true, Ordering::Release);
         for index in 0..self.shards.len() {
             for member in self.shard(index).drain(..) {
                 let mut state = member.state();
@@ -313,6 +347,135 @@ impl Members {
     }
 }
 
+/// Consecutive events of a stream as one run of bytes (their chunks one after
+/// the other), so a member that has had none of them gets them all with one
+/// system call: when events come faster than they are written, a sweeper takes
+/// all that are waiting at once. Without ids: a keep-alive.
+pub struct Batch {
+    ids: Vec<i64>,
+    /// Where each event's chunk starts in `bytes`.
+    starts: Vec<usize>,
+    bytes: Bytes,
+}
+
+impl Batch {
+    fn one(id: i64, chunk: Bytes) -> Self {
+        Self {
+            ids: vec![id],
+            starts: vec![0],
+            bytes: chunk,
+        }
+    }
+
+    fn keepalive() -> Self {
+        Self {
+            ids: Vec::new(),
+            starts: Vec::new(),
+            bytes: KEEPALIVE_CHUNK.clone(),
+        }
+    }
+
+    /// `events` (in order, at least one), as one batch.
+    fn of(events: &[(i64, Bytes)]) -> Self {
+        if let [(id, chunk)] = events {
+            return Self::one(*id, chunk.clone());
+        }
+        let mut bytes = Vec::with_capacity(events.iter().map(|(_, chunk)| chunk.len()).sum());
+        let mut ids = Vec::with_capacity(events.len());
+        let mut starts = Vec::with_capacity(events.len());
+        for (id, chunk) in events {
+            ids.push(*id);
+            starts.push(bytes.len());
+            bytes.extend_from_slice(chunk);
+        }
+        Self {
+            ids,
+            starts,
+            bytes: Bytes::from(bytes),
+        }
+    }
+}
+
+/// Who writes a stream's events to its members: one sweeper task per runtime
+/// worker (up to [`MAX_SWEEPERS`]), each with its share of the member lists, so a
+/// stream of many clients is written from several cores at once. Each also sends
+/// its members the keep-alive when it has written nothing for a while, whatever
+/// the stream's task is busy with (a database that is down, say). They end when
+/// this is dropped (with the stream's task).
+pub struct Sweepers {
+    queues: Vec<mpsc::Sender<(i64, Bytes)>>,
+}
+
+impl Sweepers {
+    pub fn start(members: &Arc<Members>, sent: IntCounter, keepalive: Duration) -> Self {
+        let lists = members.shards.len();
+        let count = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .clamp(1, MAX_SWEEPERS);
+        let queues = (0..count)
+            .map(|i| {
+                let (queue, work) = mpsc::channel(SWEEP_QUEUE);
+                tokio::spawn(sweep(
+                    members.clone(),
+                    i * lists / count..(i + 1) * lists / count,
+                    work,
+                    sent.clone(),
+                    keepalive,
+                ));
+                queue
+            })
+            .collect();
+        Self { queues }
+    }
+
+    /// Hands event `id`'s chunk to every sweeper, waiting while one is
+    /// [`SWEEP_QUEUE`] events behind. Must come after the event is in the ring:
+    /// a client joining takes from the ring what its list was not sent yet.
+    pub async fn send(&self, id: i64, chunk: Bytes) {
+        for queue in &self.queues {
+            // A sweeper ends only when its queue does.
+            let _ = queue.send((id, chunk.clone())).await;
+        }
+    }
+}
+
+async fn sweep(
+    members: Arc<Members>,
+    shards: Range<usize>,
+    mut work: mpsc::Receiver<(i64, Bytes)>,
+    sent: IntCounter,
+    keepalive: Duration,
+) {
+    let mut waiting = Vec::with_capacity(SWEEP_QUEUE);
+    let mut last_write = Instant::now();
+    let idle = tokio::time::sleep(keepalive);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            biased;
+            taken = work.recv_many(&mut waiting, SWEEP_QUEUE) => {
+                if taken == 0 {
+                    return;
+                }
+                let batch = Batch::of(&waiting);
+                waiting.clear();
+                sent.inc_by(members.write(shards.clone(), &batch).await);
+                // Only noted: the timer moves when it fires (once per interval, not
+                // once per event).
+                last_write = Instant::now();
+            }
+            () = &mut idle => {
+                if last_write.elapsed() >= keepalive {
+                    members.write(shards.clone(), &Batch::keepalive()).await;
+                    last_write = Instant::now();
+                }
+                idle.as_mut().reset(last_write + keepalive);
+            }
+        }
+    }
+}
+
 /// A client about to join, being sent what it missed.
 pub struct Catchup<'a>(&'a Arc<Direct>);
 
@@ -321,8 +484,8 @@ impl Catchup<'_> {
     /// did, `None` once the client cannot take more (its socket failed, or it fell
     /// behind).
     pub fn offer(&self, id: i64, chunk: &Bytes) -> Option<bool> {
-        match self.0.offer(Some(id), chunk) {
-            Offered::Written => Some(true),
+        match self.0.offer(&Batch::one(id, chunk.clone())) {
+            Offered::Written(_) => Some(true),
             Offered::Skipped => Some(false),
             Offered::Gone => None,
         }
@@ -386,11 +549,21 @@ mod tests {
         /// shrinks the server side's socket buffer so a client that reads nothing
         /// fills it soon.
         async fn start(send_buffer: Option<usize>) -> Self {
-            Self::start_with(send_buffer, Duration::from_secs(3600)).await
+            Self::start_with(
+                send_buffer,
+                Duration::from_secs(3600),
+                Duration::from_secs(30),
+            )
+            .await
         }
 
-        /// With members sent a keep-alive after `keepalive` without an event.
-        async fn start_with(send_buffer: Option<usize>, keepalive: Duration) -> Self {
+        /// With members sent a keep-alive after `keepalive` without an event, and
+        /// cut off when their socket takes nothing for `stall`.
+        async fn start_with(
+            send_buffer: Option<usize>,
+            keepalive: Duration,
+            stall: Duration,
+        ) -> Self {
             let (state, db) = Database::scratch().await;
             db.migrate().await.expect("migrate");
             let streams = Streams::new(db.clone());
@@ -451,7 +624,8 @@ mod tests {
                                     CancellationToken::new(),
                                     metrics,
                                 )
-                                .with_wire(Some(wire));
+                                .with_wire(Some(wire))
+                                .with_stall_limit(stall);
                                 warp::reply::stream(feed::body(feed)).into_response()
                             }
                         },
@@ -789,12 +963,13 @@ mod tests {
         }
     }
 
-    /// An idle stream's members get a keep-alive comment from the stream's task
+    /// An idle stream's members get a keep-alive comment from the sweepers
     /// (their bodies no longer have a timer of their own), and one that hung up
-    /// is found out by it and leaves.
+    /// leaves the members.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_members_get_keepalives_and_departed_ones_leave() {
-        let server = Server::start_with(None, Duration::from_millis(200)).await;
+        let server =
+            Server::start_with(None, Duration::from_millis(200), Duration::from_secs(30)).await;
         let mut client = Client::connect(server.address, None).await;
         let gone = Client::connect(server.address, None).await;
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -822,9 +997,75 @@ mod tests {
         }
     }
 
+    /// A member whose socket takes nothing for the stall limit, with part of an
+    /// event still queued, is cut off: ending its response properly would write
+    /// the last chunk into the middle of that event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_whose_socket_takes_nothing_is_cut_off_not_ended() {
+        let server = Server::start_with(
+            Some(4096),
+            Duration::from_secs(3600),
+            Duration::from_millis(500),
+        )
+        .await;
+        let mut client = Client::connect_with(server.address, None, Some(4096)).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.members().await < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the client never joined"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // More than the sockets hold, less than the backlog's bound.
+        for _ in 0..20 {
+            server.post(1500).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut buffer = [0u8; 65536];
+        // Until the connection ends, or (kept alive) the response did.
+        while !client.raw.ends_with(b"0\r\n\r\n") {
+            match tokio::time::timeout(WAIT, client.stream.read(&mut buffer))
+                .await
+                .expect("the connection ends")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => client.raw.extend_from_slice(&buffer[..n]),
+            }
+        }
+        assert!(
+            !client.raw.ends_with(b"0\r\n\r\n"),
+            "the response was ended, not cut off"
+        );
+        assert!(
+            client.raw.len() < 20 * 1500,
+            "only what the sockets held came"
+        );
+    }
+
+    /// A client that joins after its stream ended (the process stops) does not
+    /// become a member nobody would ever end: its body ends at once.
+    #[tokio::test]
+    async fn nobody_joins_a_stream_that_ended() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let (_io, wire) = Wire::new(server);
+        let members = Members::default();
+        members.end_all();
+        let direct = members.join(wire, -1, |_| {});
+        assert_eq!(members.len(), 0);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert_eq!(direct.poll(&mut cx), Poll::Ready(Left::End));
+    }
+
     /// A member that stops reading fills its socket and then its backlog: it
-    /// leaves the members (nobody waits for it), catches up from the database
-    /// once it reads again, connected, and loses nothing; then it joins again.
+    /// leaves the members (nobody waits for it), catches up (from the database:
+    /// it missed more than the ring holds) once it reads again, connected, and
+    /// loses nothing; then it joins again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_that_stops_reading_catches_up_connected_and_loses_nothing() {
         let server = Server::start(Some(4096)).await;
@@ -839,9 +1080,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut posts = Vec::new();
-        for _ in 0..400 {
-            posts.push(server.post(1500).await);
-            if posts.len() % 50 == 0 {
+        for _ in 0..1200 {
+            posts.push(server.post(300).await);
+            if posts.len() % 100 == 0 {
                 // The one that reads keeps up meanwhile.
                 let last = *posts.last().expect("posts");
                 assert_eq!(fast.ids_until(last).await.last(), Some(&last));

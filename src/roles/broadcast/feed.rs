@@ -6,7 +6,7 @@
 //! stream's task writes to itself (`direct`), and only writes out what their
 //! sockets did not take at once.
 
-use std::convert::Infallible;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
@@ -88,6 +88,9 @@ pub struct Feed {
     direct: Option<Arc<Direct>>,
     /// While a member's socket takes nothing: what it had written, and since when.
     stall: Option<(u64, Pin<Box<Sleep>>)>,
+    stall_limit: Duration,
+    /// The response must be cut off, not ended (see [`Left::Abort`]).
+    aborted: bool,
 }
 
 impl Feed {
@@ -115,7 +118,15 @@ impl Feed {
             wire: None,
             direct: None,
             stall: None,
+            stall_limit: WRITE_STALL_TIMEOUT,
+            aborted: false,
         }
+    }
+
+    #[cfg(test)]
+    pub fn with_stall_limit(mut self, limit: Duration) -> Self {
+        self.stall_limit = limit;
+        self
     }
 
     /// The connection's socket (chunked HTTP/1.1 only): the body joins its
@@ -233,18 +244,18 @@ impl Feed {
                     self.direct = None;
                     self.last_write = Instant::now();
                     match left {
-                        // Catches up as a client behind by more than the ring does.
-                        Left::Behind { last_sent } if last_sent >= 0 => {
-                            self.metrics.catchups.inc();
+                        // Catches up like any client: from the ring, which still
+                        // holds what came since it joined unless that is more than
+                        // the ring holds (then from the database).
+                        Left::Behind { last_sent } => {
                             self.last_sent = last_sent;
-                            self.subscription.skip_ahead();
-                            self.phase = Phase::History;
-                        }
-                        Left::Behind { .. } => {
-                            self.metrics.slow_disconnects.inc();
-                            self.phase = Phase::Done;
+                            self.phase = Phase::Live;
                         }
                         Left::End => self.phase = Phase::Done,
+                        Left::Abort => {
+                            self.aborted = true;
+                            self.phase = Phase::Done;
+                        }
                     }
                 }
                 Phase::Done => return None,
@@ -278,8 +289,8 @@ impl Feed {
         self.phase = Phase::Member;
     }
 
-    /// A member's body: writes out what its socket did not take at once; ends the
-    /// response when the socket takes nothing for [`WRITE_STALL_TIMEOUT`].
+    /// A member's body: writes out what its socket did not take at once; cuts the
+    /// connection off when the socket takes nothing for [`WRITE_STALL_TIMEOUT`].
     fn poll_member(&mut self, direct: &Direct, cx: &mut Context<'_>) -> Poll<Left> {
         if let Poll::Ready(left) = direct.poll(cx) {
             self.stall = None;
@@ -290,15 +301,21 @@ impl Feed {
             self.stall = None;
             return Poll::Pending;
         }
+        let deadline = Instant::now() + self.stall_limit;
         let stall = match &mut self.stall {
             Some((seen, stall)) if *seen == drained => stall,
-            _ => {
-                let timer = Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT));
+            Some((seen, stall)) => {
+                *seen = drained;
+                stall.as_mut().reset(deadline);
+                stall
+            }
+            None => {
+                let timer = Box::pin(tokio::time::sleep_until(deadline));
                 &mut self.stall.insert((drained, timer)).1
             }
         };
         match stall.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Left::End),
+            Poll::Ready(()) => Poll::Ready(Left::Abort),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -341,12 +358,20 @@ async fn flushed(wire: Option<&Wire>) {
     .await;
 }
 
-/// The feed as a body stream.
-pub fn body(feed: Feed) -> SyncStream<impl Stream<Item = Result<Bytes, Infallible>> + Send> {
+/// The feed as a body stream. An error makes hyper cut the connection off
+/// instead of ending the response.
+pub fn body(feed: Feed) -> SyncStream<impl Stream<Item = Result<Bytes, io::Error>> + Send> {
     SyncStream(Mutex::new(Box::pin(futures_util::stream::unfold(
         feed,
         |mut feed| async move {
-            let chunk = feed.next_chunk().await?;
+            let Some(chunk) = feed.next_chunk().await else {
+                if std::mem::take(&mut feed.aborted) {
+                    let cut =
+                        io::Error::other("the client's socket failed or took nothing for too long");
+                    return Some((Err(cut), feed));
+                }
+                return None;
+            };
             if let Some(wire) = &feed.wire {
                 wire.unflushed();
             }

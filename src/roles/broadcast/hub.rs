@@ -19,10 +19,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::direct::Members;
+use super::direct::{Members, Sweepers};
 use crate::streams::{StreamEvent, StreamKey, Streams};
 
 /// How far a client may fall behind before it is cut off (it then resumes from
@@ -218,7 +217,11 @@ impl Hub {
                     key: key.clone(),
                     streams: self.inner.streams.clone(),
                     sender: sender.clone(),
-                    sweepers: sweepers(&members, &self.inner.metrics.sent),
+                    sweepers: Sweepers::start(
+                        &members,
+                        self.inner.metrics.sent.clone(),
+                        self.inner.keepalive,
+                    ),
                     members: members.clone(),
                     resync: resync.clone(),
                     hub: self.clone(),
@@ -298,13 +301,6 @@ impl Subscription {
         }
     }
 
-    /// Skips to the newest frame (what came before is read from the database).
-    pub fn skip_ahead(&mut self) {
-        if let Some(receiver) = self.receiver.as_mut() {
-            *receiver = receiver.resubscribe();
-        }
-    }
-
     pub fn members(&self) -> Arc<Members> {
         self.members.clone()
     }
@@ -350,9 +346,8 @@ struct StreamTask {
     sender: broadcast::Sender<Arc<Frame>>,
     /// Clients written to by the stream's sweepers; ended when this task ends.
     members: Arc<Members>,
-    /// One per runtime worker, each writing to its share of the members, so a
-    /// stream of many clients is written from every core at once.
-    sweepers: Vec<mpsc::Sender<Sweep>>,
+    /// Write each event to the members; they end when this task does.
+    sweepers: Sweepers,
     resync: Arc<AtomicBool>,
     hub: Hub,
     /// Id and seq of the last event sent to the clients.
@@ -391,27 +386,12 @@ impl StreamTask {
             }
         }
         let _ = ready.send(true);
-        let keepalive = self.hub.inner.keepalive;
-        let idle = tokio::time::sleep(keepalive);
-        tokio::pin!(idle);
-        let mut last_write = Instant::now();
         loop {
             let input = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
                 input = inbox.recv() => input,
-                () = &mut idle => {
-                    // Only the timer's first setting is moved per write (see `Feed`).
-                    let due = last_write + keepalive;
-                    if Instant::now() >= due {
-                        self.sweep(None, KEEPALIVE_CHUNK.clone()).await;
-                        last_write = Instant::now();
-                    }
-                    idle.as_mut().reset(last_write + keepalive);
-                    continue;
-                }
             };
-            last_write = Instant::now();
             let Some(input) = input else { return };
             if self.resync.swap(false, Ordering::AcqRel) && !self.backfill(&shutdown).await {
                 return;
@@ -442,15 +422,8 @@ impl StreamTask {
         self.position = (event.id, event.seq);
         let frame = Arc::new(Frame::new(event));
         let _ = self.sender.send(frame.clone());
-        self.sweep(Some(frame.id), frame.chunk.clone()).await;
-    }
-
-    /// Hands `chunk` to every sweeper; waits while one is [`SWEEP_QUEUE`] behind.
-    async fn sweep(&self, id: Option<i64>, chunk: Bytes) {
-        for sweeper in &self.sweepers {
-            // A sweeper ends only with this task.
-            let _ = sweeper.send((id, chunk.clone())).await;
-        }
+        // After the ring: see `Members::join`.
+        self.sweepers.send(frame.id, frame.chunk.clone()).await;
     }
 
     /// Everything after the current position, from the database, in order.
@@ -492,43 +465,11 @@ impl StreamTask {
     }
 }
 
-/// An event's chunk (or a keep-alive's, without an id) for a sweeper to write.
-type Sweep = (Option<i64>, Bytes);
-/// Chunks a sweeper may be behind its stream's task.
-const SWEEP_QUEUE: usize = 64;
-
-/// Starts a stream's sweepers, one per runtime worker, each with its share of
-/// the member lists; they end when the stream's task drops their queues.
-fn sweepers(members: &Arc<Members>, sent: &IntCounter) -> Vec<mpsc::Sender<Sweep>> {
-    let lists = members.shards();
-    let count = tokio::runtime::Handle::current()
-        .metrics()
-        .num_workers()
-        .clamp(1, lists);
-    (0..count)
-        .map(|i| {
-            let (queue, mut work) = mpsc::channel::<Sweep>(SWEEP_QUEUE);
-            let shards = i * lists / count..(i + 1) * lists / count;
-            let members = members.clone();
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                while let Some((id, chunk)) = work.recv().await {
-                    sent.inc_by(members.write(shards.clone(), id, &chunk));
-                }
-            });
-            queue
-        })
-        .collect()
-}
-
 impl Drop for StreamTask {
     fn drop(&mut self) {
         self.members.end_all();
     }
 }
-
-/// `:` and a blank line, as one chunk.
-static KEEPALIVE_CHUNK: Bytes = Bytes::from_static(b"3\r\n:\n\n\r\n");
 
 #[cfg(test)]
 mod tests {
