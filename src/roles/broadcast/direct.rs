@@ -84,11 +84,11 @@ pub enum Left {
 /// Whether an offered batch went to the client.
 #[derive(PartialEq, Eq)]
 enum Offered {
-    /// This many events.
+    /// This many events (written or queued).
     Written(u64),
     Skipped,
-    /// It is no member any more.
-    Gone,
+    /// It is no member any more, after taking this many events.
+    Left(u64),
 }
 
 impl Direct {
@@ -102,54 +102,71 @@ impl Direct {
     fn offer(&self, batch: &Batch) -> Offered {
         let mut state = self.state();
         if state.status != Status::Member {
-            return Offered::Gone;
+            return Offered::Left(0);
         }
-        let (bytes, events) = if batch.ids.is_empty() {
-            if !state.backlog.is_empty() {
-                return Offered::Skipped; // not idle: no keep-alive needed
-            }
-            (batch.bytes.clone(), 0)
-        } else {
-            let first = batch.ids.partition_point(|id| *id <= state.last_sent);
-            if first == batch.ids.len() {
-                return Offered::Skipped;
-            }
-            (
-                batch.bytes.slice(batch.starts[first]..),
-                batch.ids.len() - first,
-            )
-        };
-        if !state.backlog.is_empty() {
-            if state.backlog_bytes + bytes.len() > BACKLOG_LIMIT {
-                return state.leave(Status::Behind);
-            }
-            state.queue(bytes);
-        } else {
-            match self.send(&bytes) {
-                Ok(n) if n == bytes.len() => {}
-                Ok(n) => {
-                    state.queue(bytes.slice(n..));
-                    state.wake();
+        if batch.ids.is_empty() {
+            // A keep-alive, only to an idle client.
+            if state.backlog.is_empty() {
+                match self.send(&batch.bytes) {
+                    Ok(n) if n == batch.bytes.len() => {}
+                    Ok(n) => {
+                        state.queue(batch.bytes.slice(n..));
+                        state.wake();
+                    }
+                    Err(error) if retry_later(&error) => {
+                        state.queue(batch.bytes.clone());
+                        state.wake();
+                    }
+                    Err(_) => return state.leave(Status::Broken),
                 }
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    state.queue(bytes);
-                    state.wake();
+            }
+            return Offered::Skipped;
+        }
+        let first = batch.ids.partition_point(|id| *id <= state.last_sent);
+        if first == batch.ids.len() {
+            return Offered::Skipped;
+        }
+        let start = batch.starts[first];
+        // Written now, or from where the backlog must go on.
+        let written = if state.backlog.is_empty() {
+            match self.send(&batch.bytes[start..]) {
+                Ok(n) if n == batch.bytes.len() - start => {
+                    state.last_sent = batch.ids[batch.ids.len() - 1];
+                    return Offered::Written((batch.ids.len() - first) as u64);
                 }
+                Ok(n) => start + n,
+                Err(error) if retry_later(&error) => start,
                 Err(_) => return state.leave(Status::Broken),
             }
-        }
-        match batch.ids.last() {
-            Some(last) => {
-                state.last_sent = *last;
-                Offered::Written(events as u64)
+        } else {
+            start
+        };
+        // The backlog takes the rest of the event being written (its chunk must be
+        // finished), then whole events while it stays within its bound.
+        let mut last = batch.event_at(written).max(first);
+        if written == batch.starts[last] && state.backlog_bytes > 0 {
+            // Nothing of it written: it needs room like the ones after it.
+            if state.backlog_bytes + batch.end(last) - written > BACKLOG_LIMIT {
+                return state.leave(Status::Behind);
             }
-            None => Offered::Skipped,
         }
+        while last + 1 < batch.ids.len()
+            && state.backlog_bytes + batch.end(last + 1) - written <= BACKLOG_LIMIT
+        {
+            last += 1;
+        }
+        // A copy: a slice would keep the whole batch alive for as long as it waits.
+        state.queue(Bytes::copy_from_slice(
+            &batch.bytes[written..batch.end(last)],
+        ));
+        state.last_sent = batch.ids[last];
+        let events = (last + 1 - first) as u64;
+        if last + 1 < batch.ids.len() {
+            state.leave(Status::Behind);
+            return Offered::Left(events);
+        }
+        state.wake();
+        Offered::Written(events)
     }
 
     /// Writes what the socket takes now. Around tokio: when the socket is full, its
@@ -210,6 +227,14 @@ impl Direct {
     }
 }
 
+/// A write the socket could not take now, but may later.
+fn retry_later(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
 impl State {
     fn queue(&mut self, chunk: Bytes) {
         self.backlog_bytes += chunk.len();
@@ -232,7 +257,7 @@ impl State {
             self.backlog_bytes = 0;
         }
         self.wake();
-        Offered::Gone
+        Offered::Left(0)
     }
 }
 
@@ -274,7 +299,10 @@ impl Members {
                         true
                     }
                     Offered::Skipped => true,
-                    Offered::Gone => false,
+                    Offered::Left(events) => {
+                        written += events;
+                        false
+                    }
                 });
             tokio::task::yield_now().await;
         }
@@ -359,6 +387,21 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The index of the event whose chunk holds byte `offset`.
+    fn event_at(&self, offset: usize) -> usize {
+        self.starts
+            .partition_point(|start| *start <= offset)
+            .saturating_sub(1)
+    }
+
+    /// Where event `index`'s chunk ends.
+    fn end(&self, index: usize) -> usize {
+        self.starts
+            .get(index + 1)
+            .copied()
+            .unwrap_or(self.bytes.len())
+    }
+
     fn one(id: i64, chunk: Bytes) -> Self {
         Self {
             ids: vec![id],
@@ -447,7 +490,7 @@ async fn sweep(
     sent: IntCounter,
     keepalive: Duration,
 ) {
-    let mut waiting = Vec::with_capacity(SWEEP_QUEUE);
+    let mut waiting = Vec::new();
     let mut last_write = Instant::now();
     let idle = tokio::time::sleep(keepalive);
     tokio::pin!(idle);
@@ -482,12 +525,12 @@ pub struct Catchup<'a>(&'a Arc<Direct>);
 impl Catchup<'_> {
     /// Writes event `id` unless the client has it already: `Some(true)` if it
     /// did, `None` once the client cannot take more (its socket failed, or it fell
-    /// behind).
+    /// behind: then this event may not have been taken either).
     pub fn offer(&self, id: i64, chunk: &Bytes) -> Option<bool> {
         match self.0.offer(&Batch::one(id, chunk.clone())) {
             Offered::Written(_) => Some(true),
+            Offered::Left(_) => None,
             Offered::Skipped => Some(false),
-            Offered::Gone => None,
         }
     }
 
@@ -541,6 +584,7 @@ mod tests {
         metrics: Arc<FeedMetrics>,
         sent: IntCounter,
         shutdown: CancellationToken,
+        db: Database,
         _state: tempfile::TempDir,
     }
 
@@ -638,7 +682,7 @@ mod tests {
                     });
                 }
             });
-            let store = MessageStore::new(db);
+            let store = MessageStore::new(db.clone());
             Self {
                 address,
                 hub,
@@ -648,6 +692,7 @@ mod tests {
                 metrics,
                 sent,
                 shutdown,
+                db,
                 _state: state,
             }
         }
@@ -1060,6 +1105,47 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         assert_eq!(direct.poll(&mut cx), Poll::Ready(Left::End));
+    }
+
+    /// While the stream's task is stuck reading the database (it is down, and a
+    /// resubscription asked every stream to read what it missed), its members
+    /// still get their keep-alives: a proxy's idle timeout must not cut them all
+    /// off at once during the outage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_get_keepalives_while_their_stream_waits_for_the_database() {
+        use sea_orm::ConnectionTrait;
+
+        let server =
+            Server::start_with(None, Duration::from_millis(300), Duration::from_secs(30)).await;
+        let mut client = Client::connect(server.address, None).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.members().await < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the client never joined"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server
+            .db
+            .connection()
+            .execute_unprepared("ALTER TABLE chat_messages RENAME TO elsewhere")
+            .await
+            .expect("break the stream's reads");
+        server.hub.resync_all();
+        let started = tokio::time::Instant::now();
+        let mut keepalives = 0;
+        while keepalives < 3 {
+            client.read().await;
+            assert!(!client.dechunk());
+            keepalives += client.text.matches(":\n\n").count();
+            client.text.clear();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// A member that stops reading fills its socket and then its backlog: it

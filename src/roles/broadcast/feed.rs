@@ -91,6 +91,9 @@ pub struct Feed {
     stall_limit: Duration,
     /// The response must be cut off, not ended (see [`Left::Abort`]).
     aborted: bool,
+    /// Joining took frames off the ring that the client did not get (it lagged,
+    /// or fell behind during the catch-up): the ring cannot give them again.
+    ring_short: bool,
 }
 
 impl Feed {
@@ -120,6 +123,7 @@ impl Feed {
             stall: None,
             stall_limit: WRITE_STALL_TIMEOUT,
             aborted: false,
+            ring_short: false,
         }
     }
 
@@ -249,7 +253,17 @@ impl Feed {
                         // the ring holds (then from the database).
                         Left::Behind { last_sent } => {
                             self.last_sent = last_sent;
-                            self.phase = Phase::Live;
+                            self.phase = if !std::mem::take(&mut self.ring_short) {
+                                Phase::Live
+                            } else if last_sent >= 0 {
+                                self.metrics.catchups.inc();
+                                Phase::History
+                            } else {
+                                // No position to read the database from: it
+                                // reconnects and resumes, as in `Live`.
+                                self.metrics.slow_disconnects.inc();
+                                Phase::Done
+                            };
                         }
                         Left::End => self.phase = Phase::Done,
                         Left::Abort => {
@@ -271,20 +285,28 @@ impl Feed {
         let members = self.subscription.members();
         let subscription = &mut self.subscription;
         let mut sent = 0;
+        let mut ring_short = false;
         let direct = members.join(wire, self.last_sent, |catchup| {
             loop {
                 match subscription.try_recv() {
                     Ok(frame) => match catchup.offer(frame.id, &frame.chunk) {
                         Some(written) => sent += u64::from(written),
-                        None => return,
+                        None => {
+                            ring_short = true;
+                            return;
+                        }
                     },
                     Err(TryRecvError::Empty) => return,
-                    Err(TryRecvError::Lagged(_)) => return catchup.behind(),
+                    Err(TryRecvError::Lagged(_)) => {
+                        ring_short = true;
+                        return catchup.behind();
+                    }
                     Err(TryRecvError::Closed) => return catchup.end(),
                 }
             }
         });
         self.metrics.events.inc_by(sent);
+        self.ring_short = ring_short;
         self.direct = Some(direct);
         self.phase = Phase::Member;
     }
@@ -402,7 +424,7 @@ impl<S: Stream> Stream for SyncStream<S> {
 mod tests {
     use super::*;
     use crate::domain::{Channel, MessageText, UserName};
-    use crate::roles::broadcast::hub::{Hub, HubMetrics, Refused};
+    use crate::roles::broadcast::hub::{Hub, HubMetrics, Refused, Subscription};
     use crate::storage::Database;
     use crate::streams::StreamEvent;
     use crate::streams::chat::MessageStore;
@@ -673,6 +695,159 @@ mod tests {
             got.extend_from_slice(&buffer[..n]);
         }
         assert_eq!(ids(&got), vec![early.id, late.id]);
+    }
+
+    /// A feed on one end of a real socket (with small buffers when `small`),
+    /// caught up to one event and about to join, with a watcher that sees what the
+    /// stream sends.
+    struct Joining {
+        feed: Feed,
+        client: tokio::net::TcpStream,
+        hub: Hub,
+        key: StreamKey,
+        store: MessageStore,
+        channel: Channel,
+        watcher: Subscription,
+        _state: tempfile::TempDir,
+    }
+
+    impl Joining {
+        async fn start(small: bool) -> Self {
+            let (state, db) = Database::scratch().await;
+            db.migrate().await.expect("migrate");
+            let streams = Streams::new(db.clone());
+            let hub = Hub::new(
+                streams.clone(),
+                HubMetrics::unregistered(),
+                1000,
+                Duration::from_secs(3600),
+                CancellationToken::new(),
+            );
+            let channel = Channel::parse("joining").expect("channel");
+            let key = StreamKey::Chat(channel.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            if small {
+                socket.set_recv_buffer_size(4096).expect("receive buffer");
+            }
+            let client = socket
+                .connect(listener.local_addr().expect("address"))
+                .await
+                .expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            if small {
+                socket2::SockRef::from(&server)
+                    .set_send_buffer_size(4096)
+                    .expect("send buffer");
+            }
+            let (_io, wire) = Wire::new(server);
+            let mut subscription = hub.subscribe(&key).expect("subscribe");
+            subscription.ready().await;
+            let watcher = hub.subscribe(&key).expect("subscribe");
+            let feed = Feed::new(
+                subscription,
+                key.clone(),
+                streams,
+                None,
+                Duration::from_secs(3600),
+                CancellationToken::new(),
+                Arc::new(FeedMetrics::unregistered()),
+            )
+            .with_wire(Some(wire));
+            let mut joining = Self {
+                feed,
+                client,
+                hub,
+                key,
+                store: MessageStore::new(db),
+                channel,
+                watcher,
+                _state: state,
+            };
+            assert_eq!(joining.feed.next_chunk().await.as_deref(), Some(RETRY));
+            let first = joining.post(10).await;
+            let chunk = joining.feed.next_chunk().await.expect("the first event");
+            assert_eq!(ids(&chunk), vec![first]);
+            joining
+        }
+
+        /// Stores and offers an event of `size` characters, once it is in the ring.
+        async fn post(&mut self, size: usize) -> i64 {
+            let message = self
+                .store
+                .insert(
+                    &self.channel,
+                    &UserName::parse("u").expect("user"),
+                    &MessageText::parse(&"x".repeat(size)).expect("text"),
+                )
+                .await
+                .expect("insert");
+            self.hub
+                .offer(&self.key, StreamEvent::encode(&message).expect("encode"));
+            let frame = self.watcher.recv().await.expect("in the ring");
+            assert_eq!(frame.id, message.id);
+            message.id
+        }
+
+        /// Joins, then collects what reaches the client, written by the stream or
+        /// by the body, until `last`.
+        async fn join_and_read_until(mut self, last: i64) -> Vec<i64> {
+            use tokio::io::AsyncReadExt;
+            self.feed.join();
+            let mut client = self.client;
+            let reader = tokio::spawn(async move {
+                let mut raw = Vec::new();
+                let mut buffer = [0u8; 65536];
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(2), client.read(&mut buffer)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buffer[..n]);
+                }
+                ids(&raw)
+            });
+            let mut from_body = Vec::new();
+            while from_body.last() != Some(&last) {
+                match tokio::time::timeout(Duration::from_secs(2), self.feed.next_chunk()).await {
+                    Ok(Some(chunk)) => from_body.extend(ids(&chunk)),
+                    _ => break,
+                }
+            }
+            let mut got = reader.await.expect("reader");
+            got.extend(from_body);
+            got
+        }
+    }
+
+    /// More events arrived between the body's last read of the ring and its
+    /// joining than the ring holds: the client reads them from the database
+    /// instead of skipping them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_whose_ring_overflowed_as_it_joined_loses_nothing() {
+        let mut joining = Joining::start(false).await;
+        let mut burst = Vec::new();
+        for _ in 0..CLIENT_BURST {
+            burst.push(joining.post(10).await);
+        }
+        let last = *burst.last().expect("burst");
+        assert_eq!(joining.join_and_read_until(last).await, burst);
+    }
+
+    /// The events waiting in the ring as a client joins are more than its socket
+    /// and backlog take: it gets the rest from the database, nothing is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_falls_behind_while_joining_loses_nothing() {
+        let mut joining = Joining::start(true).await;
+        let mut burst = Vec::new();
+        for _ in 0..120 {
+            burst.push(joining.post(1500).await);
+        }
+        let last = *burst.last().expect("burst");
+        assert_eq!(joining.join_and_read_until(last).await, burst);
     }
 
     /// More than the ring holds.

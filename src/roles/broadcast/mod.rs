@@ -103,7 +103,7 @@ impl Broadcast {
                 )?,
                 catchups: metrics.counter(
                     "hubbub_sse_client_catchups_total",
-                    "SSE clients that fell behind (over 64 KiB unwritten, or 1,024 events) and read what they missed from the database, staying connected",
+                    "SSE clients that fell over 1,024 events behind and read them from the database, staying connected",
                 )?,
             }),
         }))
