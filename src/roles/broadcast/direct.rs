@@ -714,6 +714,15 @@ mod tests {
             message.id
         }
 
+        /// Waits until the number of members passes `done`.
+        async fn until_members(&self, done: impl Fn(usize) -> bool, what: &str) {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !done(self.members().await) {
+                assert!(tokio::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
         async fn members(&self) -> usize {
             let subscription = self.hub.subscribe(&self.key).expect("subscribe");
             subscription.members().len()
@@ -987,14 +996,9 @@ mod tests {
         for _ in 0..3 {
             clients.push(Client::connect(server.address, None).await);
         }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.members().await < clients.len() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "clients never joined"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        server
+            .until_members(|members| members >= clients.len(), "clients never joined")
+            .await;
         let id = server.post(10).await;
         for client in &mut clients {
             assert_eq!(client.ids_until(id).await, vec![id]);
@@ -1017,14 +1021,9 @@ mod tests {
             Server::start_with(None, Duration::from_millis(200), Duration::from_secs(30)).await;
         let mut client = Client::connect(server.address, None).await;
         let gone = Client::connect(server.address, None).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.members().await < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "clients never joined"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        server
+            .until_members(|members| members >= 2, "clients never joined")
+            .await;
         drop(gone);
         let started = tokio::time::Instant::now();
         while !client.text.contains(":\n\n") {
@@ -1032,14 +1031,9 @@ mod tests {
             assert!(!client.dechunk());
         }
         assert!(started.elapsed() < Duration::from_secs(2));
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.members().await > 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the departed client stayed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        server
+            .until_members(|members| members <= 1, "the departed client stayed")
+            .await;
     }
 
     /// A member whose socket takes nothing for the stall limit, with part of an
@@ -1054,14 +1048,9 @@ mod tests {
         )
         .await;
         let mut client = Client::connect_with(server.address, None, Some(4096)).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.members().await < 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the client never joined"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        server
+            .until_members(|members| members >= 1, "the client never joined")
+            .await;
         // More than the sockets hold, less than the backlog's bound.
         for _ in 0..20 {
             server.post(1500).await;
@@ -1118,14 +1107,9 @@ mod tests {
         let server =
             Server::start_with(None, Duration::from_millis(300), Duration::from_secs(30)).await;
         let mut client = Client::connect(server.address, None).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.members().await < 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the client never joined"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        server
+            .until_members(|members| members >= 1, "the client never joined")
+            .await;
         server
             .db
             .connection()
@@ -1157,14 +1141,9 @@ mod tests {
         let server = Server::start(Some(4096)).await;
         let mut slow = Client::connect_with(server.address, None, Some(4096)).await;
         let mut fast = Client::connect(server.address, None).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.members().await < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "clients never joined"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        server
+            .until_members(|members| members >= 2, "clients never joined")
+            .await;
         let mut posts = Vec::new();
         for _ in 0..1200 {
             posts.push(server.post(300).await);
@@ -1186,14 +1165,9 @@ mod tests {
             "every event once, in order"
         );
         assert_eq!(server.metrics.catchups.get(), 1);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.members().await < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "it never joined again"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        server
+            .until_members(|members| members >= 2, "it never joined again")
+            .await;
         let next = server.post(10).await;
         assert_eq!(slow.ids_until(next).await, vec![next]);
         assert_eq!(server.metrics.slow_disconnects.get(), 0);
