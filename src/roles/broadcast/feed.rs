@@ -623,78 +623,15 @@ mod tests {
     /// writes it, and the stream's writers do not write it again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn joining_sends_what_the_ring_holds_once() {
-        use tokio::io::AsyncReadExt;
-
-        let (_state, db) = Database::scratch().await;
-        db.migrate().await.expect("migrate");
-        let streams = Streams::new(db.clone());
-        let hub = Hub::new(
-            streams.clone(),
-            HubMetrics::unregistered(),
-            1000,
-            Duration::from_secs(3600),
-            CancellationToken::new(),
-        );
-        let store = MessageStore::new(db);
-        let channel = Channel::parse("joining").expect("channel");
-        let key = StreamKey::Chat(channel.clone());
-        let post = async || {
-            let message = store
-                .insert(
-                    &channel,
-                    &UserName::parse("u").expect("user"),
-                    &MessageText::parse("m").expect("text"),
-                )
-                .await
-                .expect("insert");
-            StreamEvent::encode(&message).expect("encode")
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let (_io, wire) = Wire::new(server);
-
-        let mut subscription = hub.subscribe(&key).expect("subscribe");
-        subscription.ready().await;
-        let mut watcher = hub.subscribe(&key).expect("subscribe");
-        let mut feed = Feed::new(
-            subscription,
-            key.clone(),
-            streams,
-            None,
-            Duration::from_secs(3600),
-            CancellationToken::new(),
-            Arc::new(FeedMetrics::unregistered()),
-        )
-        .with_wire(Some(wire));
-        assert_eq!(feed.next_chunk().await.as_deref(), Some(RETRY));
-        feed.phase = Phase::Live;
-        let early = post().await;
-        hub.offer(&key, early.clone());
-        watcher.recv().await.expect("in the ring");
+        let mut joining = Joining::start(false).await;
+        let early = joining.post(10).await;
         // The stream's sweepers are done with it (they write as soon as it is in
         // the ring, and find no member).
         tokio::time::sleep(Duration::from_millis(100)).await;
-        feed.join();
-        assert!(matches!(feed.phase, Phase::Member));
-        let late = post().await;
-        hub.offer(&key, late.clone());
-        watcher.recv().await.expect("in the ring");
-
-        let mut got = Vec::new();
-        let mut buffer = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains(&format!("id:{}\n", late.id)) {
-            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buffer))
-                .await
-                .expect("both events in time")
-                .expect("read");
-            got.extend_from_slice(&buffer[..n]);
-        }
-        assert_eq!(ids(&got), vec![early.id, late.id]);
+        joining.feed.join();
+        assert!(matches!(joining.feed.phase, Phase::Member));
+        let late = joining.post(10).await;
+        assert_eq!(joining.read_until(late).await, vec![early, late]);
     }
 
     /// A feed on one end of a real socket (with small buffers when `small`),
@@ -791,11 +728,16 @@ mod tests {
             message.id
         }
 
-        /// Joins, then collects what reaches the client, written by the stream or
-        /// by the body, until `last`.
+        /// Joins, then collects what reaches the client until `last`.
         async fn join_and_read_until(mut self, last: i64) -> Vec<i64> {
-            use tokio::io::AsyncReadExt;
             self.feed.join();
+            self.read_until(last).await
+        }
+
+        /// Collects what reaches the client, written by the stream or by the
+        /// body, until `last`.
+        async fn read_until(mut self, last: i64) -> Vec<i64> {
+            use tokio::io::AsyncReadExt;
             let mut client = self.client;
             let reader = tokio::spawn(async move {
                 let mut raw = Vec::new();
