@@ -410,6 +410,63 @@ async fn broker_outage_loses_nothing() {
     );
 }
 
+/// What an instance commits goes to the broker at once, not through the relay: while
+/// another session holds the relay's lock (a relay of another instance, standing by
+/// here), posts still go live, and are marked published.
+#[tokio::test]
+async fn posts_go_live_while_another_instance_holds_the_relay() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let s = stack(false).await;
+    let db = sea_orm::Database::connect(&s.db_url)
+        .await
+        .expect("connect");
+    let relay = db.begin().await.expect("begin");
+    relay
+        .execute_unprepared("SELECT pg_advisory_xact_lock(4242001)")
+        .await
+        .expect("the chat relay's lock");
+    let mut client = events(&s.broadcast, "direct", None).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(post_ok(&s.chat, "direct", &format!("n{i}")).await);
+    }
+    assert_eq!(client.ids(3, WAIT).await, ids, "live without the relay");
+    let mut unpublished = -1;
+    for _ in 0..50 {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT COUNT(*) AS n FROM chat_messages WHERE published = FALSE",
+            ))
+            .await
+            .expect("count")
+            .expect("row");
+        unpublished = row.try_get::<i64>("", "n").expect("n");
+        if unpublished == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(unpublished, 0, "marked published while the lock is held");
+    relay.rollback().await.expect("let go");
+    // The relay, free again, finds nothing to publish a second time.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        client
+            .next_message(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no repeats"
+    );
+    assert_eq!(
+        metric_value(
+            &s.chat.metrics().await,
+            "hubbub_chat_messages_published_total"
+        ),
+        3.0
+    );
+}
+
 #[tokio::test]
 async fn tls_broker_with_a_private_ca() {
     let s = stack(true).await;

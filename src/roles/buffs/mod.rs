@@ -329,7 +329,7 @@ impl Buffs {
                 tracing::warn!(%error, "could not invalidate the cached buff lists");
             }
         }
-        self.outbox.wake();
+        self.outbox.committed([&buff]);
         if !self
             .lists
             .wait_until_announced(buff.id, ANNOUNCE_TIMEOUT)

@@ -41,6 +41,7 @@ use crate::domain::Channel;
 use crate::http::ApiError;
 use crate::storage::{is_lock_timeout, to_api_error};
 use crate::streams::chat::{ChatMessage, MessageStore, NewPost};
+use crate::streams::outbox::Outbox;
 
 /// Most posts in one statement.
 const MAX_BATCH: usize = 256;
@@ -84,11 +85,18 @@ impl PostBatcher {
     /// Starts the batching task; it ends when the batcher is dropped and nothing
     /// is left to store. `timeout` bounds both the wait for room in the queue and
     /// a statement's wait for its channel's lock.
-    pub fn start(store: MessageStore, timeout: Duration, metrics: BatchMetrics) -> Self {
+    /// What it commits goes to `outbox`, each channel's in its commit order.
+    pub fn start(
+        store: MessageStore,
+        outbox: Arc<Outbox<ChatMessage>>,
+        timeout: Duration,
+        metrics: BatchMetrics,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(MAX_WAITING);
         let (put_back, returned) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store,
+            outbox,
             metrics,
             // Never zero: a zero wait only tries, and a channel left out would be
             // left out again and again (`acquire_timeout_ms = 0` is accepted).
@@ -114,11 +122,13 @@ impl PostBatcher {
         // SQLite: one writer at a time anyway; the request stores its post itself.
         if !shared.store.batches() {
             shared.metrics.statements.inc();
-            return shared
+            let message = shared
                 .store
                 .insert(&post.channel, &post.user, &post.text)
                 .await
-                .map_err(|e| to_api_error(e, "storing a chat message"));
+                .map_err(|e| to_api_error(e, "storing a chat message"))?;
+            shared.outbox.committed([&message]);
+            return Ok(message);
         }
         let (reply, answer) = oneshot::channel();
         let pending = Pending { post, reply };
@@ -168,6 +178,7 @@ fn channel_busy(channel: &Channel, why: &str) -> ApiError {
 /// What the requests, the batching task and the statements share.
 struct Shared {
     store: MessageStore,
+    outbox: Arc<Outbox<ChatMessage>>,
     metrics: BatchMetrics,
     /// How long a statement of one channel waits for its lock.
     lock_wait: Duration,
@@ -467,6 +478,11 @@ async fn execute(shared: Arc<Shared>, batch: Vec<Pending>, claim: InFlight) {
                 // requests would be answered 500.
                 let _ = shared.put_back.send(left_out);
             }
+            // Handed over while the channels are still claimed: a channel's next
+            // statement commits after this one, and its events follow these.
+            shared
+                .outbox
+                .committed(answers.iter().map(|(_, message)| message));
             // The channels are free for the next statement before anyone is answered.
             drop(claim);
             for (reply, message) in answers {

@@ -23,7 +23,7 @@ use crate::http::page::{self, Page, Section};
 use crate::http::{ApiError, RequestMeta, body, request_meta, tagged};
 use crate::metrics::Metrics;
 use crate::storage::{Database, to_api_error};
-use crate::streams::chat::{self as store, ChatMessage, MessageStore, NewPost};
+use crate::streams::chat::{self as store, MessageStore, NewPost};
 use crate::streams::outbox::{Outbox, RelayMetrics};
 
 use batch::{BatchMetrics, PostBatcher};
@@ -50,7 +50,6 @@ pub struct Chat {
     store: MessageStore,
     batcher: PostBatcher,
     limiter: RateLimiter,
-    outbox: Arc<Outbox<ChatMessage>>,
     posted: IntCounter,
     body_limit: u64,
 }
@@ -85,6 +84,7 @@ impl Chat {
         let store = MessageStore::new(db);
         let batcher = PostBatcher::start(
             store.clone(),
+            outbox.clone(),
             Duration::from_millis(settings.database.acquire_timeout_ms),
             BatchMetrics {
                 statements: metrics.counter(
@@ -106,7 +106,6 @@ impl Chat {
                 settings.chat.rate_limit_ipv6_prefix,
                 cache,
             ),
-            outbox,
             posted: metrics.counter("hubbub_chat_messages_posted_total", "Chat messages stored")?,
             body_limit: settings.http.body_limit,
         }))
@@ -192,7 +191,6 @@ impl Chat {
             })
             .await?;
         self.posted.inc();
-        self.outbox.wake();
         Ok(
             warp::reply::with_status(warp::reply::json(&message), StatusCode::CREATED)
                 .into_response(),
