@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 pub use in_process::InProcessBus;
-pub use mqtt::MqttBus;
+pub use mqtt::{Acknowledgement as MqttAcknowledgement, MqttBus};
 
 use crate::configuration::Settings;
 use crate::metrics::Metrics;
@@ -40,6 +40,22 @@ pub enum BusError {
     Mqtt(String),
     #[error("mqtt.ca_file: {0}")]
     Tls(String),
+}
+
+/// A queued publish's acknowledgement (see [`Bus::queue`]).
+pub enum Acknowledgement {
+    /// In process: delivered when queued.
+    Done,
+    Mqtt(MqttAcknowledgement),
+}
+
+impl Acknowledgement {
+    pub async fn wait(self) -> Result<(), BusError> {
+        match self {
+            Self::Done => Ok(()),
+            Self::Mqtt(ack) => ack.wait().await,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -73,6 +89,20 @@ impl Bus {
                 Ok(())
             }
             Self::Mqtt(bus) => bus.publish(topic, payload).await,
+        }
+    }
+
+    /// Queues a publish and returns what completes with its acknowledgement.
+    /// Publishes queued one after the other (each `queue` awaited before the
+    /// next) go out in that order; futures of `publish` polled together need not,
+    /// as tokio's cooperative budget can make one of them wait its turn again.
+    pub async fn queue(&self, topic: &str, payload: Bytes) -> Result<Acknowledgement, BusError> {
+        match self {
+            Self::InProcess(bus) => {
+                bus.publish(topic, payload);
+                Ok(Acknowledgement::Done)
+            }
+            Self::Mqtt(bus) => bus.queue(topic, payload).await.map(Acknowledgement::Mqtt),
         }
     }
 

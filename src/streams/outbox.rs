@@ -46,6 +46,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// (queued, in flight, or acknowledged and not yet marked). Past that, what is
 /// committed waits for the relay.
 const DIRECT_LIMIT: usize = 8192;
+/// The relay leaves a row to the instance that committed it for this long: it
+/// publishes only rows it already saw unpublished in a round at least this old
+/// (or that this instance gave up on), so it does not race the direct publishers
+/// of this instance or another one for fresh rows.
+const GRACE: Duration = Duration::from_millis(250);
 
 /// Where the rows are and how to read one.
 pub struct OutboxTable<T> {
@@ -70,16 +75,50 @@ pub struct Outbox<T: 'static> {
     metrics: RelayMetrics,
     wake: Notify,
     direct: mpsc::Sender<Committed>,
-    /// Ids being published by this instance, by either publisher: whoever claims
-    /// an id first publishes it, the other leaves it alone.
-    claimed: Mutex<HashSet<i64>>,
-    /// Claims that are done with (marked, or left for the next round), let go of
-    /// when the relay starts its next round: a round already reading may still
-    /// have seen them unpublished.
-    settled: Mutex<Vec<i64>>,
+    claims: Mutex<Claims>,
     /// Acknowledged by the broker, to be marked published.
     acked: Mutex<Vec<i64>>,
     mark: Notify,
+}
+
+/// Ids being published by this instance, by either publisher: whoever claims an
+/// id first publishes it, the other leaves it alone.
+#[derive(Default)]
+struct Claims {
+    ids: HashSet<i64>,
+    /// Marked published while a relay round was reading: that round may have
+    /// read them unpublished, so they stay claimed until it ends.
+    settled: Vec<i64>,
+    /// A relay round is between its read and its end.
+    reading: bool,
+    /// Given up by this instance's direct publisher, or committed while the
+    /// broker was away: the relay need not wait for them.
+    released: HashSet<i64>,
+}
+
+impl Claims {
+    fn remove(&mut self, ids: &[i64]) {
+        for id in ids {
+            self.ids.remove(id);
+        }
+    }
+
+    fn release(&mut self, ids: impl IntoIterator<Item = i64>) {
+        // A hint only: past the bound, the rows wait for the grace period.
+        if self.released.len() >= DIRECT_LIMIT {
+            self.released.clear();
+        }
+        self.released.extend(ids);
+    }
+}
+
+/// What one relay round may publish, and what it claimed and read.
+struct RoundState {
+    /// Rows up to this id were seen unpublished at least `GRACE` ago.
+    threshold: i64,
+    claims: Vec<i64>,
+    /// The highest id read, and when.
+    read: Option<(Instant, i64)>,
 }
 
 /// An event this instance committed, on its way to the direct publisher.
@@ -117,8 +156,7 @@ impl<T: StreamItem> Outbox<T> {
             metrics,
             wake: Notify::new(),
             direct,
-            claimed: Mutex::new(HashSet::new()),
-            settled: Mutex::new(Vec::new()),
+            claims: Mutex::new(Claims::default()),
             acked: Mutex::new(Vec::new()),
             mark: Notify::new(),
         });
@@ -133,6 +171,7 @@ impl<T: StreamItem> Outbox<T> {
     /// wakes the relay, which reads it back from the table.
     pub fn committed<'a>(&self, items: impl IntoIterator<Item = &'a T>) {
         if !self.bus.can_publish() {
+            lock(&self.claims).release(items.into_iter().map(StreamItem::id));
             self.wake.notify_one();
             return;
         }
@@ -147,13 +186,15 @@ impl<T: StreamItem> Outbox<T> {
             };
             let id = event.id;
             {
-                let mut claimed = lock(&self.claimed);
-                if claimed.len() >= DIRECT_LIMIT {
-                    drop(claimed);
+                let mut claims = lock(&self.claims);
+                let on_their_way = claims.ids.len() - claims.settled.len();
+                if on_their_way >= DIRECT_LIMIT || claims.ids.len() >= 4 * DIRECT_LIMIT {
+                    claims.release([id]);
+                    drop(claims);
                     self.wake.notify_one();
                     return;
                 }
-                if !claimed.insert(id) {
+                if !claims.ids.insert(id) {
                     // The relay read it back first and publishes it.
                     continue;
                 }
@@ -176,27 +217,37 @@ impl<T: StreamItem> Outbox<T> {
     /// The direct publisher gives these up (not acknowledged, or not marked):
     /// the relay takes them over.
     fn release(&self, ids: &[i64]) {
-        let mut claimed = lock(&self.claimed);
-        for id in ids {
-            claimed.remove(id);
-        }
-        drop(claimed);
+        let mut claims = lock(&self.claims);
+        claims.remove(ids);
+        claims.release(ids.iter().copied());
+        drop(claims);
         self.wake.notify_one();
     }
 
-    /// Claims done with; let go of by the relay's next round.
-    fn settle(&self, ids: impl IntoIterator<Item = i64>) {
-        lock(&self.settled).extend(ids);
+    /// The direct publisher marked these published.
+    fn settle(&self, ids: Vec<i64>) {
+        let mut claims = lock(&self.claims);
+        if claims.reading {
+            claims.settled.extend(ids);
+        } else {
+            claims.remove(&ids);
+        }
     }
 
-    /// Before a round reads the table: what was settled before it is marked (or
-    /// to be read again), so its claims can go.
-    fn let_go_of_settled(&self) {
-        let settled = std::mem::take(&mut *lock(&self.settled));
-        let mut claimed = lock(&self.claimed);
-        for id in settled {
-            claimed.remove(&id);
-        }
+    /// A relay round starts reading: what is marked from now on stays claimed
+    /// until it ends.
+    fn start_round(&self) {
+        lock(&self.claims).reading = true;
+    }
+
+    /// A relay round ended (marked, or left for the next round): its own claims
+    /// and those settled meanwhile go.
+    fn end_round(&self, round: &[i64]) {
+        let mut claims = lock(&self.claims);
+        claims.reading = false;
+        let settled = std::mem::take(&mut claims.settled);
+        claims.remove(&settled);
+        claims.remove(round);
     }
 
     /// Publishes what `committed` queued, in its order, in rounds: everything that
@@ -235,14 +286,17 @@ impl<T: StreamItem> Outbox<T> {
                     if n == 0 {
                         return;
                     }
+                    // Queued one after the other, so they leave in this order.
                     for Committed { topic, event } in received.drain(..) {
-                        let bus = &self.bus;
-                        // Each publish is queued for the broker when first polled,
-                        // which `FuturesUnordered` does in the order of pushing.
-                        in_flight.push(async move {
-                            let outcome = bus.publish(&topic, event.json).await;
-                            (event.id, outcome)
-                        });
+                        let id = event.id;
+                        match self.bus.queue(&topic, event.json).await {
+                            Ok(ack) => in_flight.push(async move { (id, ack.wait().await) }),
+                            Err(error) => {
+                                self.metrics.failures.inc();
+                                tracing::warn!(%error, id, table = self.table.table, "publishing failed; the relay will retry");
+                                self.release(&[id]);
+                            }
+                        }
                     }
                 }
             }
@@ -303,14 +357,30 @@ impl<T: StreamItem> Outbox<T> {
         let metrics = &self.metrics;
         let mut backoff = Duration::from_millis(100);
         let mut backlog_read: Option<Instant> = None;
+        let mut threshold = 0;
+        // The highest id of a round's read, and when: the threshold once `GRACE` old.
+        let mut candidate: Option<(Instant, i64)> = None;
         loop {
+            if let Some((at, max)) = candidate
+                && at.elapsed() >= GRACE
+            {
+                threshold = max.max(threshold);
+                candidate = None;
+            }
             // Not connected: nothing to try, and nothing to back off from either, so
             // the backlog goes out as soon as the broker is back.
-            self.let_go_of_settled();
             let outcome = if bus.can_publish() {
-                let mut claims = Vec::new();
-                let outcome = self.relay_once(bus, metrics, &mut claims).await;
-                self.settle(claims);
+                let mut round = RoundState {
+                    threshold,
+                    claims: Vec::new(),
+                    read: None,
+                };
+                self.start_round();
+                let outcome = self.relay_once(bus, metrics, &mut round).await;
+                self.end_round(&round.claims);
+                if candidate.is_none() {
+                    candidate = round.read;
+                }
                 outcome
             } else {
                 Ok(Round::Standby)
@@ -367,19 +437,19 @@ impl<T: StreamItem> Outbox<T> {
     /// transaction held across the PUBACKs could not become a write transaction
     /// once a post had committed meanwhile (SQLITE_BUSY), and the whole round
     /// would go out again.
-    /// The ids it claims go to `claims`, to be settled whatever becomes of the round.
+    /// The ids it claims go to `claims`, let go of whatever becomes of the round.
     async fn relay_once(
         &self,
         bus: &Bus,
         metrics: &RelayMetrics,
-        claims: &mut Vec<i64>,
+        round: &mut RoundState,
     ) -> Result<Round, DbErr> {
         let backend = self.db.backend();
         if backend != DatabaseBackend::Postgres {
             let connection = self.db.connection();
             let rows = self.unpublished(connection).await?;
             let (round, marked) = self
-                .publish_round(connection, &rows, bus, metrics, claims)
+                .publish_round(connection, &rows, bus, metrics, round)
                 .await?;
             metrics.published.inc_by(marked);
             return Ok(round);
@@ -404,9 +474,7 @@ impl<T: StreamItem> Outbox<T> {
         // statement that takes the lock, the snapshot predates the lock, and rows
         // that relay just published would be published again.)
         let rows = self.unpublished(&txn).await?;
-        let (round, marked) = self
-            .publish_round(&txn, &rows, bus, metrics, claims)
-            .await?;
+        let (round, marked) = self.publish_round(&txn, &rows, bus, metrics, round).await?;
         txn.commit().await?;
         metrics.published.inc_by(marked);
         Ok(round)
@@ -440,8 +508,9 @@ impl<T: StreamItem> Outbox<T> {
         rows: &[QueryResult],
         bus: &Bus,
         metrics: &RelayMetrics,
-        claims: &mut Vec<i64>,
+        round: &mut RoundState,
     ) -> Result<(Round, u64), DbErr> {
+        let read_at = Instant::now();
         let backend = self.db.backend();
         let mut skipped = 0;
         let mut acked: Vec<i64> = Vec::with_capacity(rows.len());
@@ -452,12 +521,20 @@ impl<T: StreamItem> Outbox<T> {
             while !stopped && in_flight.len() < WINDOW {
                 let Some(row) = pending.next() else { break };
                 let item = (self.table.read)(row)?;
-                // This instance's direct publisher has it.
-                if !lock(&self.claimed).insert(item.id()) {
-                    skipped += 1;
-                    continue;
+                let id = item.id();
+                let highest = round.read.map_or(id, |(_, highest)| highest.max(id));
+                round.read = Some((read_at, highest));
+                {
+                    let mut claims = lock(&self.claims);
+                    // Fresh: left to the instance that committed it, for now. Or
+                    // this instance's direct publisher has it.
+                    let ours = id <= round.threshold || claims.released.remove(&id);
+                    if !ours || !claims.ids.insert(id) {
+                        skipped += 1;
+                        continue;
+                    }
                 }
-                claims.push(item.id());
+                round.claims.push(id);
                 let event = match StreamEvent::encode(&item) {
                     Ok(event) => event,
                     Err(error) => {
@@ -466,11 +543,17 @@ impl<T: StreamItem> Outbox<T> {
                         break;
                     }
                 };
-                let topic = item.topic();
-                in_flight.push_back(async move {
-                    let outcome = bus.publish(&topic, event.json).await;
-                    (event.id, outcome)
-                });
+                // Queued one after the other, so they leave in id order.
+                let id = event.id;
+                match bus.queue(&item.topic(), event.json).await {
+                    Ok(ack) => in_flight.push_back(async move { (id, ack.wait().await) }),
+                    Err(error) => {
+                        metrics.failures.inc();
+                        tracing::warn!(%error, id, table = self.table.table, "publishing failed; will retry");
+                        stopped = true;
+                        break;
+                    }
+                }
             }
             let Some((id, outcome)) = in_flight.next().await else {
                 break;

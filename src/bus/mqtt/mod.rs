@@ -37,6 +37,22 @@ const REQUEST_QUEUE: usize = 1024;
 /// How long `close` waits for the connection task to say goodbye.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A queued publish's PUBACK, to wait for.
+pub struct Acknowledgement {
+    acked: oneshot::Receiver<Result<(), BusError>>,
+    deadline: tokio::time::Instant,
+}
+
+impl Acknowledgement {
+    pub async fn wait(self) -> Result<(), BusError> {
+        match tokio::time::timeout_at(self.deadline, self.acked).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => Err(BusError::Timeout(ACK_TIMEOUT)),
+        }
+    }
+}
+
 struct Shared {
     /// The session is up: publishes can go out.
     session: AtomicBool,
@@ -146,6 +162,13 @@ impl MqttBus {
 
     /// Publishes at QoS 1; `Ok` only once the broker acknowledged this very message.
     pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BusError> {
+        self.queue(topic, payload).await?.wait().await
+    }
+
+    /// Hands a QoS 1 publish to the connection, which writes publishes in the
+    /// order they were queued; returns once it is queued, with what completes
+    /// when the broker acknowledges it.
+    pub async fn queue(&self, topic: &str, payload: Bytes) -> Result<Acknowledgement, BusError> {
         if !self.can_publish() {
             return Err(BusError::NotConnected);
         }
@@ -155,15 +178,14 @@ impl MqttBus {
             payload,
             done,
         };
-        let outcome = tokio::time::timeout(ACK_TIMEOUT, async {
-            self.requests
-                .send(request)
-                .await
-                .map_err(|_| BusError::Closed)?;
-            acked.await.map_err(|_| BusError::Closed)?
-        })
-        .await;
-        outcome.unwrap_or(Err(BusError::Timeout(ACK_TIMEOUT)))
+        match tokio::time::timeout(ACK_TIMEOUT, self.requests.send(request)).await {
+            Ok(Ok(())) => Ok(Acknowledgement {
+                acked,
+                deadline: tokio::time::Instant::now() + ACK_TIMEOUT,
+            }),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => Err(BusError::Timeout(ACK_TIMEOUT)),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {

@@ -318,6 +318,9 @@ impl Buffs {
             .create(&question, &answers)
             .await
             .map_err(|e| to_api_error(e, "creating a buff").into_response())?;
+        // Published first, so concurrent creations reach the bus in commit order
+        // as nearly as can be (no wait in between).
+        self.outbox.committed([&buff]);
         self.metrics.created.inc();
         // Before answering, every instance must stop serving lists without it: this
         // one at once, the others when the buff reaches them on the bus (waited for
@@ -329,7 +332,6 @@ impl Buffs {
                 tracing::warn!(%error, "could not invalidate the cached buff lists");
             }
         }
-        self.outbox.committed([&buff]);
         if !self
             .lists
             .wait_until_announced(buff.id, ANNOUNCE_TIMEOUT)

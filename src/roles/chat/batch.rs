@@ -97,6 +97,7 @@ impl PostBatcher {
         let shared = Arc::new(Shared {
             store,
             outbox,
+            sqlite_writer: tokio::sync::Mutex::new(()),
             metrics,
             // Never zero: a zero wait only tries, and a channel left out would be
             // left out again and again (`acquire_timeout_ms = 0` is accepted).
@@ -122,6 +123,9 @@ impl PostBatcher {
         // SQLite: one writer at a time anyway; the request stores its post itself.
         if !shared.store.batches() {
             shared.metrics.statements.inc();
+            // Held from the insert to the handover, so messages go to the outbox in
+            // the order they were stored (SQLite takes one writer at a time anyway).
+            let _writer = shared.sqlite_writer.lock().await;
             let message = shared
                 .store
                 .insert(&post.channel, &post.user, &post.text)
@@ -179,6 +183,8 @@ fn channel_busy(channel: &Channel, why: &str) -> ApiError {
 struct Shared {
     store: MessageStore,
     outbox: Arc<Outbox<ChatMessage>>,
+    /// SQLite: one post stored and handed over at a time.
+    sqlite_writer: tokio::sync::Mutex<()>,
     metrics: BatchMetrics,
     /// How long a statement of one channel waits for its lock.
     lock_wait: Duration,
