@@ -20,7 +20,7 @@
 //! event can overtake an older one the relay still holds: the broadcast notices
 //! the hole by its `seq` and reads the stream back from the database.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -112,14 +112,19 @@ impl Claims {
     }
 }
 
-/// What one relay round may publish, and what it claimed and read.
+/// What one relay round may publish, and what it claimed and saw.
 struct RoundState {
-    /// Rows up to this id were seen unpublished at least `GRACE` ago.
+    /// Rows up to this id were committed at least `GRACE` ago.
     threshold: i64,
+    /// Younger rows this instance gave up on: the relay need not wait for them.
+    released: Vec<i64>,
     claims: Vec<i64>,
-    /// The highest id read, and when.
-    read: Option<(Instant, i64)>,
+    /// The table's highest id, and when it was read.
+    newest: Option<(Instant, i64)>,
 }
+
+/// Most readings of the newest id kept until they are `GRACE` old.
+const NEWEST_KEPT: usize = 64;
 
 /// An event this instance committed, on its way to the direct publisher.
 struct Committed {
@@ -132,7 +137,10 @@ enum Round {
     /// Another relay holds the lock.
     Standby,
     Published {
+        /// A whole batch was read and some of it published: read again at once.
         full: bool,
+        /// Everything there was to read went out.
+        drained: bool,
     },
     /// Some publish failed: the rest waits for the next round.
     Stopped,
@@ -286,17 +294,26 @@ impl<T: StreamItem> Outbox<T> {
                     if n == 0 {
                         return;
                     }
-                    // Queued one after the other, so they leave in this order.
+                    // Queued one after the other, so they leave in this order. After
+                    // a failure the rest goes to the relay too, to keep that order.
+                    let mut given_up = Vec::new();
                     for Committed { topic, event } in received.drain(..) {
                         let id = event.id;
+                        if !given_up.is_empty() {
+                            given_up.push(id);
+                            continue;
+                        }
                         match self.bus.queue(&topic, event.json).await {
                             Ok(ack) => in_flight.push(async move { (id, ack.wait().await) }),
                             Err(error) => {
                                 self.metrics.failures.inc();
                                 tracing::warn!(%error, id, table = self.table.table, "publishing failed; the relay will retry");
-                                self.release(&[id]);
+                                given_up.push(id);
                             }
                         }
+                    }
+                    if !given_up.is_empty() {
+                        self.release(&given_up);
                     }
                 }
             }
@@ -358,28 +375,37 @@ impl<T: StreamItem> Outbox<T> {
         let mut backoff = Duration::from_millis(100);
         let mut backlog_read: Option<Instant> = None;
         let mut threshold = 0;
-        // The highest id of a round's read, and when: the threshold once `GRACE` old.
-        let mut candidate: Option<(Instant, i64)> = None;
+        // The table's newest id as rounds read it: the threshold once `GRACE` old.
+        let mut newest: VecDeque<(Instant, i64)> = VecDeque::new();
         loop {
-            if let Some((at, max)) = candidate
+            while let Some(&(at, id)) = newest.front()
                 && at.elapsed() >= GRACE
             {
-                threshold = max.max(threshold);
-                candidate = None;
+                threshold = threshold.max(id);
+                newest.pop_front();
             }
             // Not connected: nothing to try, and nothing to back off from either, so
             // the backlog goes out as soon as the broker is back.
             let outcome = if bus.can_publish() {
+                let released = {
+                    let mut claims = lock(&self.claims);
+                    // Old enough now anyway.
+                    claims.released.retain(|id| *id > threshold);
+                    claims.released.iter().copied().collect()
+                };
                 let mut round = RoundState {
                     threshold,
+                    released,
                     claims: Vec::new(),
-                    read: None,
+                    newest: None,
                 };
                 self.start_round();
                 let outcome = self.relay_once(bus, metrics, &mut round).await;
                 self.end_round(&round.claims);
-                if candidate.is_none() {
-                    candidate = round.read;
+                if let Some(reading) = round.newest
+                    && newest.len() < NEWEST_KEPT
+                {
+                    newest.push_back(reading);
                 }
                 outcome
             } else {
@@ -389,7 +415,7 @@ impl<T: StreamItem> Outbox<T> {
             // of its read; later rows woke the relay again): no count needed. Else
             // (standing by, failing, or working through a backlog) the count over
             // the table, every `POLL` at most.
-            if matches!(outcome, Ok(Round::Published { full: false })) {
+            if matches!(outcome, Ok(Round::Published { drained: true, .. })) {
                 metrics.backlog.set(0);
                 backlog_read = Some(Instant::now());
             } else if backlog_read.is_none_or(|at| at.elapsed() >= POLL) {
@@ -447,7 +473,8 @@ impl<T: StreamItem> Outbox<T> {
         let backend = self.db.backend();
         if backend != DatabaseBackend::Postgres {
             let connection = self.db.connection();
-            let rows = self.unpublished(connection).await?;
+            round.newest = Some(self.newest(connection).await?);
+            let rows = self.unpublished(connection, round).await?;
             let (round, marked) = self
                 .publish_round(connection, &rows, bus, metrics, round)
                 .await?;
@@ -473,30 +500,67 @@ impl<T: StreamItem> Outbox<T> {
         // the previous relay committed before letting go of the lock. (Read in the
         // statement that takes the lock, the snapshot predates the lock, and rows
         // that relay just published would be published again.)
-        let rows = self.unpublished(&txn).await?;
+        round.newest = Some(self.newest(&txn).await?);
+        let rows = self.unpublished(&txn, round).await?;
         let (round, marked) = self.publish_round(&txn, &rows, bus, metrics, round).await?;
         txn.commit().await?;
         metrics.published.inc_by(marked);
         Ok(round)
     }
 
-    /// The oldest unpublished rows, a batch at most. `FALSE` written in, not bound:
-    /// the plan follows the column's statistics (few unpublished rows: the index)
-    /// even once PostgreSQL caches a generic plan.
+    /// The table's highest id, and when it was read: every row up to it had
+    /// committed by then (give or take rows whose ids were taken earlier and
+    /// committed later, which at worst go out twice).
+    async fn newest(&self, connection: &impl ConnectionTrait) -> Result<(Instant, i64), DbErr> {
+        let row = connection
+            .query_one_raw(statement(
+                self.db.backend(),
+                &format!(
+                    "SELECT COALESCE(MAX(id), 0) AS newest FROM {}",
+                    self.table.table
+                ),
+                vec![],
+            ))
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("max(id) returned no row".into()))?;
+        Ok((Instant::now(), row.try_get("", "newest")?))
+    }
+
+    /// The oldest unpublished rows the round may publish (old enough, or given up
+    /// by this instance), a batch at most. `FALSE` written in, not bound: the plan
+    /// follows the column's statistics (few unpublished rows: the index) even once
+    /// PostgreSQL caches a generic plan.
     async fn unpublished(
         &self,
         connection: &impl ConnectionTrait,
+        round: &RoundState,
     ) -> Result<Vec<QueryResult>, DbErr> {
         let backend = self.db.backend();
+        let (released, listed) = match backend {
+            DatabaseBackend::Postgres => ("id = ANY($2)", Value::from(round.released.clone())),
+            _ => (
+                "id IN (SELECT value FROM json_each($2))",
+                Value::from(format!(
+                    "[{}]",
+                    round
+                        .released
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )),
+            ),
+        };
         connection
             .query_all_raw(statement(
                 backend,
                 &format!(
-                    "SELECT {} FROM {} WHERE published = FALSE ORDER BY id LIMIT $1",
+                    "SELECT {} FROM {} WHERE published = FALSE AND (id <= $1 OR {released}) \
+                     ORDER BY id LIMIT $3",
                     (self.table.columns)(backend),
                     self.table.table
                 ),
-                vec![i64::from(BATCH).into()],
+                vec![round.threshold.into(), listed, i64::from(BATCH).into()],
             ))
             .await
     }
@@ -510,7 +574,6 @@ impl<T: StreamItem> Outbox<T> {
         metrics: &RelayMetrics,
         round: &mut RoundState,
     ) -> Result<(Round, u64), DbErr> {
-        let read_at = Instant::now();
         let backend = self.db.backend();
         let mut skipped = 0;
         let mut acked: Vec<i64> = Vec::with_capacity(rows.len());
@@ -522,14 +585,11 @@ impl<T: StreamItem> Outbox<T> {
                 let Some(row) = pending.next() else { break };
                 let item = (self.table.read)(row)?;
                 let id = item.id();
-                let highest = round.read.map_or(id, |(_, highest)| highest.max(id));
-                round.read = Some((read_at, highest));
                 {
                     let mut claims = lock(&self.claims);
-                    // Fresh: left to the instance that committed it, for now. Or
-                    // this instance's direct publisher has it.
-                    let ours = id <= round.threshold || claims.released.remove(&id);
-                    if !ours || !claims.ids.insert(id) {
+                    claims.released.remove(&id);
+                    // This instance's direct publisher has it.
+                    if !claims.ids.insert(id) {
                         skipped += 1;
                         continue;
                     }
@@ -581,7 +641,10 @@ impl<T: StreamItem> Outbox<T> {
         let round = if stopped {
             Round::Stopped
         } else {
-            Round::Published { full }
+            Round::Published {
+                full,
+                drained: rows.len() < BATCH as usize && skipped == 0,
+            }
         };
         Ok((round, acked.len() as u64))
     }

@@ -178,11 +178,10 @@ impl MqttBus {
             payload,
             done,
         };
-        match tokio::time::timeout(ACK_TIMEOUT, self.requests.send(request)).await {
-            Ok(Ok(())) => Ok(Acknowledgement {
-                acked,
-                deadline: tokio::time::Instant::now() + ACK_TIMEOUT,
-            }),
+        // One deadline for the wait for room and the wait for the PUBACK.
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        match tokio::time::timeout_at(deadline, self.requests.send(request)).await {
+            Ok(Ok(())) => Ok(Acknowledgement { acked, deadline }),
             Ok(Err(_)) => Err(BusError::Closed),
             Err(_) => Err(BusError::Timeout(ACK_TIMEOUT)),
         }

@@ -125,7 +125,12 @@ impl PostBatcher {
             shared.metrics.statements.inc();
             // Held from the insert to the handover, so messages go to the outbox in
             // the order they were stored (SQLite takes one writer at a time anyway).
-            let _writer = shared.sqlite_writer.lock().await;
+            let Ok(_writer) =
+                tokio::time::timeout(self.queue_timeout, shared.sqlite_writer.lock()).await
+            else {
+                tracing::warn!("chat posts wait for SQLite: the database is not keeping up");
+                return Err(ApiError::unavailable("database"));
+            };
             let message = shared
                 .store
                 .insert(&post.channel, &post.user, &post.text)
