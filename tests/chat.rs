@@ -547,7 +547,7 @@ async fn the_relay_drains_a_backlog_it_did_not_commit_at_full_speed() {
     eprintln!("5,000 rows relayed in {took:?}");
     // A poll and the grace period, then five batches back to back (0.9 s here);
     // the relay that took a batch every other poll needed 5 s.
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
 }
 
 #[tokio::test]

@@ -295,7 +295,8 @@ impl<T: StreamItem> Outbox<T> {
                         return;
                     }
                     // Queued one after the other, so they leave in this order. After
-                    // a failure the rest goes to the relay too, to keep that order.
+                    // a failure the rest goes to the relay too (later rounds may
+                    // still overtake them; the broadcast reads such holes back).
                     let mut given_up = Vec::new();
                     for Committed { topic, event } in received.drain(..) {
                         let id = event.id;
@@ -402,9 +403,11 @@ impl<T: StreamItem> Outbox<T> {
                 self.start_round();
                 let outcome = self.relay_once(bus, metrics, &mut round).await;
                 self.end_round(&round.claims);
-                if let Some(reading) = round.newest
-                    && newest.len() < NEWEST_KEPT
-                {
+                if let Some(reading) = round.newest {
+                    // Full: the latest reading replaces the one before it.
+                    if newest.len() >= NEWEST_KEPT {
+                        newest.pop_back();
+                    }
                     newest.push_back(reading);
                 }
                 outcome
@@ -508,9 +511,11 @@ impl<T: StreamItem> Outbox<T> {
         Ok(round)
     }
 
-    /// The table's highest id, and when it was read: every row up to it had
-    /// committed by then (give or take rows whose ids were taken earlier and
-    /// committed later, which at worst go out twice).
+    /// The table's highest id, and when it was read: nearly every row up to it
+    /// had committed by then. (An id is drawn before its commit: a row whose
+    /// commit stalled longer than `GRACE` after a later id's may be published by
+    /// both publishers, or by the relay behind newer ones; the broadcast drops the
+    /// repeat or reads the hole back.)
     async fn newest(&self, connection: &impl ConnectionTrait) -> Result<(Instant, i64), DbErr> {
         let row = connection
             .query_one_raw(statement(

@@ -322,6 +322,9 @@ impl Buffs {
             .map_err(|e| ApiError::invalid_field("answers", &e.0).into_response())?;
         let Ok(creating) = tokio::time::timeout(self.create_wait, self.creating.lock()).await
         else {
+            tracing::warn!(
+                "buff creations wait for the one before: the database is not keeping up"
+            );
             return Err(ApiError::unavailable("database").into_response());
         };
         let buff = self
