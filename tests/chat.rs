@@ -433,15 +433,7 @@ async fn posts_go_live_while_another_instance_holds_the_relay() {
     assert_eq!(client.ids(3, WAIT).await, ids, "live without the relay");
     let mut unpublished = -1;
     for _ in 0..50 {
-        let row = db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT COUNT(*) AS n FROM chat_messages WHERE published = FALSE",
-            ))
-            .await
-            .expect("count")
-            .expect("row");
-        unpublished = row.try_get::<i64>("", "n").expect("n");
+        unpublished = unpublished_rows(&db).await;
         if unpublished == 0 {
             break;
         }
@@ -525,18 +517,7 @@ async fn the_relay_drains_a_backlog_it_did_not_commit_at_full_speed() {
     .await
     .expect("another instance's rows");
     let started = std::time::Instant::now();
-    loop {
-        let row = db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT COUNT(*) AS n FROM chat_messages WHERE published = FALSE",
-            ))
-            .await
-            .expect("count")
-            .expect("row");
-        if row.try_get::<i64>("", "n").expect("n") == 0 {
-            break;
-        }
+    while unpublished_rows(&db).await > 0 {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the backlog never drained"
@@ -1225,6 +1206,20 @@ async fn a_post_gives_up_on_a_lock_held_too_long() {
     assert_eq!(post(&chat, "free", "bob", "goes").await.status(), 201);
     holder.rollback().await.expect("release");
     assert_eq!(post(&chat, "held", "alice", "now").await.status(), 201);
+}
+
+/// Chat messages not yet marked published.
+async fn unpublished_rows(db: &sea_orm::DatabaseConnection) -> i64 {
+    use sea_orm::ConnectionTrait;
+    db.query_one_raw(sea_orm::Statement::from_string(
+        sea_orm::DatabaseBackend::Postgres,
+        "SELECT COUNT(*) AS n FROM chat_messages WHERE published = FALSE",
+    ))
+    .await
+    .expect("count")
+    .expect("row")
+    .try_get::<i64>("", "n")
+    .expect("n")
 }
 
 /// Waits until `n` sessions wait for an advisory lock.

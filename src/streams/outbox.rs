@@ -517,18 +517,9 @@ impl<T: StreamItem> Outbox<T> {
     /// both publishers, or by the relay behind newer ones; the broadcast drops the
     /// repeat or reads the hole back.)
     async fn newest(&self, connection: &impl ConnectionTrait) -> Result<(Instant, i64), DbErr> {
-        let row = connection
-            .query_one_raw(statement(
-                self.db.backend(),
-                &format!(
-                    "SELECT COALESCE(MAX(id), 0) AS newest FROM {}",
-                    self.table.table
-                ),
-                vec![],
-            ))
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound("max(id) returned no row".into()))?;
-        Ok((Instant::now(), row.try_get("", "newest")?))
+        let sql = format!("SELECT COALESCE(MAX(id), 0) AS n FROM {}", self.table.table);
+        let newest = number(connection, self.db.backend(), &sql).await?;
+        Ok((Instant::now(), newest))
     }
 
     /// The oldest unpublished rows the round may publish (old enough, or given up
@@ -545,15 +536,7 @@ impl<T: StreamItem> Outbox<T> {
             DatabaseBackend::Postgres => ("id = ANY($2)", Value::from(round.released.clone())),
             _ => (
                 "id IN (SELECT value FROM json_each($2))",
-                Value::from(format!(
-                    "[{}]",
-                    round
-                        .released
-                        .iter()
-                        .map(i64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )),
+                Value::from(json_list(&round.released)),
             ),
         };
         connection
@@ -655,22 +638,31 @@ impl<T: StreamItem> Outbox<T> {
     }
 
     async fn backlog(&self) -> Result<i64, DbErr> {
-        let backend = self.db.backend();
-        let row = self
-            .db
-            .connection()
-            .query_one_raw(statement(
-                backend,
-                &format!(
-                    "SELECT COUNT(*) AS n FROM {} WHERE published = FALSE",
-                    self.table.table
-                ),
-                vec![],
-            ))
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound("count returned no row".into()))?;
-        row.try_get("", "n")
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM {} WHERE published = FALSE",
+            self.table.table
+        );
+        number(self.db.connection(), self.db.backend(), &sql).await
     }
+}
+
+/// The number `n` that a query of one row selects.
+async fn number(
+    connection: &impl ConnectionTrait,
+    backend: DatabaseBackend,
+    sql: &str,
+) -> Result<i64, DbErr> {
+    connection
+        .query_one_raw(statement(backend, sql, vec![]))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("no row from {sql}")))?
+        .try_get("", "n")
+}
+
+/// Ids as a JSON array, for SQLite's `json_each`.
+fn json_list(ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("[{}]", list.join(","))
 }
 
 /// One `UPDATE … WHERE id = ANY(…)` for the whole acknowledged prefix.
@@ -692,15 +684,12 @@ async fn mark_published(
             format!("UPDATE {table} SET published = TRUE WHERE id = ANY($1)"),
             Value::from(ids.to_vec()),
         ),
-        _ => {
-            let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-            (
-                format!(
-                    "UPDATE {table} SET published = 1 WHERE id IN (SELECT value FROM json_each($1))"
-                ),
-                Value::from(format!("[{list}]")),
-            )
-        }
+        _ => (
+            format!(
+                "UPDATE {table} SET published = 1 WHERE id IN (SELECT value FROM json_each($1))"
+            ),
+            Value::from(json_list(ids)),
+        ),
     };
     txn.execute_raw(statement(backend, &sql, vec![value]))
         .await?;
