@@ -79,7 +79,13 @@ pub struct Outbox<T: 'static> {
     /// Acknowledged by the broker, to be marked published.
     acked: Mutex<Vec<i64>>,
     mark: Notify,
+    /// Held by `append_in_order` from the append to the hand-over.
+    appending: tokio::sync::Mutex<()>,
 }
+
+/// `append_in_order` waited its turn longer than it may.
+#[derive(Debug)]
+pub struct TurnTimeout;
 
 /// Ids being published by this instance, by either publisher: whoever claims an
 /// id first publishes it, the other leaves it alone.
@@ -167,6 +173,7 @@ impl<T: StreamItem> Outbox<T> {
             claims: Mutex::new(Claims::default()),
             acked: Mutex::new(Vec::new()),
             mark: Notify::new(),
+            appending: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(outbox.clone().run(shutdown.clone()));
         tokio::spawn(outbox.clone().publish_direct(queue, shutdown.clone()));
@@ -220,6 +227,25 @@ impl<T: StreamItem> Outbox<T> {
                 return;
             }
         }
+    }
+
+    /// Runs `append` (which commits one row) and hands its row to `committed`,
+    /// one append at a time, so concurrent appends reach the bus in commit order.
+    /// Waits at most `wait` for the one before. (Chat's batches on PostgreSQL keep
+    /// their order by holding their channels instead.)
+    pub async fn append_in_order<E>(
+        &self,
+        wait: Duration,
+        append: impl Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, TurnTimeout> {
+        let _turn = tokio::time::timeout(wait, self.appending.lock())
+            .await
+            .map_err(|_| TurnTimeout)?;
+        let appended = append.await;
+        if let Ok(item) = &appended {
+            self.committed([item]);
+        }
+        Ok(appended)
     }
 
     /// The direct publisher gives these up (not acknowledged, or not marked):

@@ -70,10 +70,8 @@ pub struct Buffs {
     cache: Cache,
     lists: Arc<ListCache>,
     outbox: Arc<Outbox<Buff>>,
-    /// One creation stored and handed to the outbox at a time, so this
-    /// instance's buffs reach the bus in commit order.
-    creating: tokio::sync::Mutex<()>,
-    /// How long a creation waits for the one before it.
+    /// How long a creation waits for the one before it (see
+    /// `Outbox::append_in_order`).
     create_wait: Duration,
     body_limit: u64,
     metrics: BuffMetrics,
@@ -135,7 +133,6 @@ impl Buffs {
             cache,
             lists,
             outbox,
-            creating: tokio::sync::Mutex::new(()),
             create_wait: Duration::from_millis(settings.database.acquire_timeout_ms),
             body_limit: settings.http.body_limit,
             metrics: BuffMetrics {
@@ -320,20 +317,17 @@ impl Buffs {
             .map_err(|e| ApiError::invalid_field("question", &e.0).into_response())?;
         let answers = Answers::parse(&body.answers)
             .map_err(|e| ApiError::invalid_field("answers", &e.0).into_response())?;
-        let Ok(creating) = tokio::time::timeout(self.create_wait, self.creating.lock()).await
-        else {
+        let created = self
+            .outbox
+            .append_in_order(self.create_wait, self.store.create(&question, &answers))
+            .await;
+        let Ok(created) = created else {
             tracing::warn!(
                 "buff creations wait for the one before: the database is not keeping up"
             );
             return Err(ApiError::unavailable("database").into_response());
         };
-        let buff = self
-            .store
-            .create(&question, &answers)
-            .await
-            .map_err(|e| to_api_error(e, "creating a buff").into_response())?;
-        self.outbox.committed([&buff]);
-        drop(creating);
+        let buff = created.map_err(|e| to_api_error(e, "creating a buff").into_response())?;
         self.metrics.created.inc();
         // Before answering, every instance must stop serving lists without it: this
         // one at once, the others when the buff reaches them on the bus (waited for

@@ -97,7 +97,6 @@ impl PostBatcher {
         let shared = Arc::new(Shared {
             store,
             outbox,
-            sqlite_writer: tokio::sync::Mutex::new(()),
             metrics,
             // Never zero: a zero wait only tries, and a channel left out would be
             // left out again and again (`acquire_timeout_ms = 0` is accepted).
@@ -123,21 +122,18 @@ impl PostBatcher {
         // SQLite: one writer at a time anyway; the request stores its post itself.
         if !shared.store.batches() {
             shared.metrics.statements.inc();
-            // Held from the insert to the handover, so messages go to the outbox in
-            // the order they were stored (SQLite takes one writer at a time anyway).
-            let Ok(_writer) =
-                tokio::time::timeout(self.queue_timeout, shared.sqlite_writer.lock()).await
-            else {
+            let stored = shared
+                .outbox
+                .append_in_order(
+                    self.queue_timeout,
+                    shared.store.insert(&post.channel, &post.user, &post.text),
+                )
+                .await;
+            let Ok(stored) = stored else {
                 tracing::warn!("chat posts wait for SQLite: the database is not keeping up");
                 return Err(ApiError::unavailable("database"));
             };
-            let message = shared
-                .store
-                .insert(&post.channel, &post.user, &post.text)
-                .await
-                .map_err(|e| to_api_error(e, "storing a chat message"))?;
-            shared.outbox.committed([&message]);
-            return Ok(message);
+            return stored.map_err(|e| to_api_error(e, "storing a chat message"));
         }
         let (reply, answer) = oneshot::channel();
         let pending = Pending { post, reply };
@@ -188,8 +184,6 @@ fn channel_busy(channel: &Channel, why: &str) -> ApiError {
 struct Shared {
     store: MessageStore,
     outbox: Arc<Outbox<ChatMessage>>,
-    /// SQLite: one post stored and handed over at a time.
-    sqlite_writer: tokio::sync::Mutex<()>,
     metrics: BatchMetrics,
     /// How long a statement of one channel waits for its lock.
     lock_wait: Duration,
