@@ -569,6 +569,7 @@ mod tests {
     use crate::domain::{Channel, MessageText, UserName};
     use crate::roles::broadcast::feed::{self, Feed, FeedMetrics};
     use crate::roles::broadcast::hub::{Hub, HubMetrics};
+    use crate::roles::broadcast::test_support::store_and_offer;
     use crate::storage::Database;
     use crate::streams::chat::MessageStore;
     use crate::streams::{StreamEvent, StreamKey, Streams};
@@ -700,18 +701,7 @@ mod tests {
         /// Stores a message of `size` characters and offers it to the hub, as the
         /// bus would; its id.
         async fn post(&self, size: usize) -> i64 {
-            let message = self
-                .store
-                .insert(
-                    &self.channel,
-                    &UserName::parse("u").expect("user"),
-                    &MessageText::parse(&"x".repeat(size)).expect("text"),
-                )
-                .await
-                .expect("insert");
-            self.hub
-                .offer(&self.key, StreamEvent::encode(&message).expect("encode"));
-            message.id
+            store_and_offer(&self.store, &self.channel, &self.hub, &self.key, size).await
         }
 
         /// Waits until the number of members passes `done`.

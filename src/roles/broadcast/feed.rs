@@ -425,6 +425,7 @@ mod tests {
     use super::*;
     use crate::domain::{Channel, MessageText, UserName};
     use crate::roles::broadcast::hub::{Hub, HubMetrics, Refused, Subscription};
+    use crate::roles::broadcast::test_support::store_and_offer;
     use crate::storage::Database;
     use crate::streams::StreamEvent;
     use crate::streams::chat::MessageStore;
@@ -712,20 +713,10 @@ mod tests {
 
         /// Stores and offers an event of `size` characters, once it is in the ring.
         async fn post(&mut self, size: usize) -> i64 {
-            let message = self
-                .store
-                .insert(
-                    &self.channel,
-                    &UserName::parse("u").expect("user"),
-                    &MessageText::parse(&"x".repeat(size)).expect("text"),
-                )
-                .await
-                .expect("insert");
-            self.hub
-                .offer(&self.key, StreamEvent::encode(&message).expect("encode"));
+            let id = store_and_offer(&self.store, &self.channel, &self.hub, &self.key, size).await;
             let frame = self.watcher.recv().await.expect("in the ring");
-            assert_eq!(frame.id, message.id);
-            message.id
+            assert_eq!(frame.id, id);
+            id
         }
 
         /// Joins, then collects what reaches the client until `last`.

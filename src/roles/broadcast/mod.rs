@@ -6,6 +6,8 @@
 mod direct;
 mod feed;
 mod hub;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 use std::time::Duration;
